@@ -1,0 +1,1 @@
+//! berth-cli (to be written).

@@ -1,0 +1,1 @@
+//! berth-controller (to be written).

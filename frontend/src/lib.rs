@@ -1,0 +1,1 @@
+//! berth-frontend (to be written).

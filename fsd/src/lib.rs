@@ -1,0 +1,1 @@
+//! berth-fsd (to be written).

@@ -1,0 +1,1 @@
+//! berth-images (to be written).

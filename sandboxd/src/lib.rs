@@ -1,0 +1,1 @@
+//! berth-sandboxd (to be written).
