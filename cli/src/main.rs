@@ -1,0 +1,319 @@
+//! `berth` binary: argument parsing only; the work lives in the `berth_cli` library.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use berth_api::rest::{CreateSite, Site};
+use berth_cli::output::{self, Format};
+use berth_cli::{client, up, ApiClient, ClientError};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Run sites from OCI images on your own Linux fleet"
+)]
+struct Cli {
+    /// Controller REST API.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_API",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    api: String,
+    /// File holding the API token (BERTH_TOKEN overrides it).
+    #[arg(long, global = true, env = "BERTH_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a whole Berth (controller, file server, sandboxd, agent, front end) on this machine.
+    Up {
+        #[arg(long, default_value = "/var/lib/berth")]
+        state_dir: PathBuf,
+        /// Controller API port; the other ports follow it (see ARCHITECTURE.md).
+        #[arg(long, default_value_t = berth_api::ports::CONTROLLER_API)]
+        port_base: u16,
+        /// Sites are served as <site>.<domain>.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// This worker's name (default: the host name).
+        #[arg(long)]
+        worker_name: Option<String>,
+        /// Seconds to wait before restarting a daemon that died.
+        #[arg(long, default_value_t = 1.0)]
+        restart_delay: f64,
+    },
+    /// Manage sites.
+    #[command(subcommand)]
+    Sites(SitesCmd),
+    /// Set a site's instance count.
+    #[command(allow_negative_numbers = true)]
+    Scale {
+        site: String,
+        instances: i64,
+        /// Return at once instead of waiting for the instances to be ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Inspect workers.
+    #[command(subcommand)]
+    Workers(WorkersCmd),
+}
+
+#[derive(Subcommand)]
+enum SitesCmd {
+    /// Create a site from an OCI image and wait until it serves.
+    Create {
+        name: String,
+        /// Image reference, e.g. 127.0.0.1:5000/hello:1
+        #[arg(long)]
+        image: String,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        instances: i64,
+        /// Port the app listens on (given to it as PORT).
+        #[arg(long)]
+        port: Option<u32>,
+        /// App setting KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Registry credentials user:password.
+        #[arg(long, env = "BERTH_REGISTRY_AUTH")]
+        registry_auth: Option<String>,
+        /// Allow plain HTTP to the registry.
+        #[arg(long)]
+        insecure_registry: bool,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List sites.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show one site and its instances.
+    Show {
+        name: String,
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Delete a site and stop all its instances.
+    #[command(alias = "rm")]
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum WorkersCmd {
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = e
+                .downcast_ref::<ClientError>()
+                .map(ClientError::exit_code)
+                .unwrap_or(1);
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = || -> Result<ApiClient> {
+        let token = client::load_token(cli.token_file.as_deref())?;
+        Ok(ApiClient::new(&cli.api, token))
+    };
+    match cli.cmd {
+        Cmd::Up {
+            state_dir,
+            port_base,
+            domain,
+            worker_name,
+            restart_delay,
+        } => {
+            let exe = std::env::current_exe().context("finding the berth binary")?;
+            let bin_dir = exe
+                .parent()
+                .context("the berth binary has no parent directory")?
+                .to_path_buf();
+            if !(0.0..=3600.0).contains(&restart_delay) {
+                bail!("--restart-delay must be between 0 and 3600 seconds");
+            }
+            up::run(up::UpConfig {
+                state_dir,
+                port_base,
+                domain,
+                worker_name,
+                restart_delay: Duration::from_secs_f64(restart_delay),
+                bin_dir,
+            })
+            .await
+        }
+        Cmd::Sites(SitesCmd::Create {
+            name,
+            image,
+            instances,
+            port,
+            env,
+            registry_auth,
+            insecure_registry,
+            no_wait,
+        }) => {
+            berth_api::names::validate_site_name(&name)?;
+            if instances < 0 {
+                bail!("--instances must be 0 or more (got {instances})");
+            }
+            let env = parse_env(&env)?;
+            let c = client()?;
+            let req = CreateSite {
+                name: name.clone(),
+                image,
+                instances: Some(instances),
+                env,
+                port,
+                insecure_registry: insecure_registry.then_some(true),
+                registry_auth,
+            };
+            let site = c.create_site(&req).await?;
+            println!(
+                "Created site {} ({} pinned as {})",
+                site.name, site.image, site.image_digest
+            );
+            if !no_wait && site.instances > 0 {
+                wait_ready(&c, &name, site.instances as usize).await?;
+            }
+            println!("{}", site.url);
+            Ok(())
+        }
+        Cmd::Sites(SitesCmd::List { output }) => {
+            let list = client()?.list_sites().await?;
+            match output {
+                Format::Json => println!("{}", output::json(&list)),
+                Format::Table => print!("{}", output::sites_table(&list.sites)),
+            }
+            if output == Format::Table {
+                println!();
+            }
+            Ok(())
+        }
+        Cmd::Sites(SitesCmd::Show { name, output }) => {
+            let site = client()?.get_site(&name).await?;
+            match output {
+                Format::Json => println!("{}", output::json(&site)),
+                Format::Table => print!("{}", output::site_details(&site)),
+            }
+            Ok(())
+        }
+        Cmd::Sites(SitesCmd::Delete { name }) => {
+            client()?.delete_site(&name).await?;
+            println!("Deleted site {name}; its instances are being stopped");
+            Ok(())
+        }
+        Cmd::Scale {
+            site,
+            instances,
+            no_wait,
+        } => {
+            if instances < 0 {
+                bail!("instance count must be 0 or more (got {instances}); use `berth scale {site} 0` to stop every instance");
+            }
+            let c = client()?;
+            let s = c.scale(&site, instances).await?;
+            println!("Scaled {} to {} instance(s)", s.name, s.instances);
+            if !no_wait && instances > 0 {
+                wait_ready(&c, &site, instances as usize).await?;
+            }
+            Ok(())
+        }
+        Cmd::Workers(WorkersCmd::List { output }) => {
+            let list = client()?.list_workers().await?;
+            match output {
+                Format::Json => println!("{}", output::json(&list)),
+                Format::Table => println!("{}", output::workers_table(&list.workers)),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--env {p:?} is not KEY=VALUE");
+        };
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            bail!("--env key {k:?} is invalid: use letters, digits and '_'");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+/// Waits until `want` instances are ready, printing each state change.
+async fn wait_ready(c: &ApiClient, name: &str, want: usize) -> Result<()> {
+    let start = Instant::now();
+    let timeout = Duration::from_secs(180);
+    let mut last = String::new();
+    loop {
+        let site: Site = c.get_site(name).await?;
+        let ready = site
+            .instance_states
+            .iter()
+            .filter(|i| i.state == "ready")
+            .count();
+        let summary = site
+            .instance_states
+            .iter()
+            .map(|i| format!("{}={}", i.id, i.state))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if summary != last {
+            eprintln!("  [{:>5.1}s] {summary}", start.elapsed().as_secs_f64());
+            last = summary;
+        }
+        if let Some(f) = site.instance_states.iter().find(|i| i.state == "failed") {
+            bail!(
+                "instance {} of {name} failed: {}. See `berth sites show {name}`",
+                f.id,
+                f.message
+            );
+        }
+        if ready >= want {
+            eprintln!(
+                "  {ready}/{want} instance(s) ready in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("{ready}/{want} instances of {name} ready after {}s; see `berth sites show {name}` and the agent log", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
