@@ -1,0 +1,246 @@
+//! libcontainer operations run in a short-lived, single-threaded helper process.
+//!
+//! libcontainer clones the container's processes from the caller. Doing that from the
+//! multi-threaded tokio daemon risks a child that inherits a lock (allocator, tracing)
+//! held by another thread at clone time and deadlocks; `Container::start` also
+//! `chdir`s the whole process. So the daemon re-executes itself
+//! (`/proc/self/exe __helper <json>`) for create, start and delete. The helper prints
+//! one JSON line with the result and exits; a created container's init, orphaned when
+//! the helper exits, is re-parented to the daemon (a child subreaper, see
+//! [`crate::reaper`]), which reaps it.
+//!
+//! [`helper_main`] is the helper side; it must run before any thread is started.
+//! [`run`] is the daemon side.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::reaper::Reaper;
+
+/// First argument that selects the helper mode of the binary.
+pub const HELPER_ARG: &str = "__helper";
+
+/// How long a helper may take before it is killed.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One libcontainer operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HelperRequest {
+    /// Build the container from `bundle` (init waits for start); stdio to `log_path`.
+    Create {
+        id: String,
+        bundle: PathBuf,
+        state_root: PathBuf,
+        log_path: PathBuf,
+    },
+    /// Let a created container's init exec the process.
+    Start { id: String, state_root: PathBuf },
+    /// Kill what is left, remove the cgroups and the libcontainer state.
+    Delete { id: String, state_root: PathBuf },
+}
+
+/// What a helper prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HelperResponse {
+    /// Host pid of the container's init (create).
+    pub pid: Option<i32>,
+    /// Set when the operation failed.
+    pub error: Option<String>,
+}
+
+/// Errors of running a helper (from the daemon side).
+#[derive(Debug, Error)]
+pub enum HelperError {
+    #[error("spawning the sandboxd helper {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the sandboxd helper's answer: {0}")]
+    Read(String),
+    #[error("sandboxd helper gave no answer within {0:?} and was killed")]
+    Timeout(Duration),
+    #[error("sandboxd helper answered garbage {line:?}: {source}")]
+    Parse {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{op} failed: {message}")]
+    Failed { op: &'static str, message: String },
+}
+
+impl HelperRequest {
+    fn op(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "creating the container",
+            Self::Start { .. } => "starting the container",
+            Self::Delete { .. } => "deleting the container",
+        }
+    }
+}
+
+/// Runs `req` in a helper process (`exe __helper <json>`) and returns its answer.
+pub async fn run(
+    exe: &Path,
+    req: &HelperRequest,
+    reaper: &Arc<Reaper>,
+) -> Result<HelperResponse, HelperError> {
+    let json = serde_json::to_string(req).expect("helper request serializes");
+    let mut child = Command::new(exe)
+        .arg(HELPER_ARG)
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| HelperError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    // The reaper owns waiting: dropping `child` neither waits nor kills.
+    drop(child);
+
+    let read = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+            .map_err(|e| e.to_string())
+    });
+    let line = match tokio::time::timeout(HELPER_TIMEOUT, read).await {
+        Ok(joined) => joined
+            .map_err(|e| HelperError::Read(e.to_string()))?
+            .map_err(HelperError::Read)?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            reaper.wait(pid, Some(Duration::from_secs(5))).await;
+            reaper.forget(pid);
+            return Err(HelperError::Timeout(HELPER_TIMEOUT));
+        }
+    };
+    let code = reaper.wait(pid, Some(Duration::from_secs(10))).await;
+    reaper.forget(pid);
+    if line.trim().is_empty() {
+        return Err(HelperError::Failed {
+            op: req.op(),
+            message: format!(
+                "the helper exited ({}) without an answer; see sandboxd's log",
+                code.map_or("still running".to_string(), |c| format!("code {c}"))
+            ),
+        });
+    }
+    let resp: HelperResponse =
+        serde_json::from_str(line.trim()).map_err(|source| HelperError::Parse {
+            line: line.clone(),
+            source,
+        })?;
+    if let Some(message) = resp.error {
+        return Err(HelperError::Failed {
+            op: req.op(),
+            message,
+        });
+    }
+    Ok(resp)
+}
+
+/// Entry point of the helper process: runs the request in `arg`, prints one JSON
+/// line, and returns the process exit code. Call before starting any thread.
+pub fn helper_main(arg: &str) -> i32 {
+    let result = serde_json::from_str::<HelperRequest>(arg)
+        .map_err(|e| format!("parsing the helper request: {e}"))
+        .and_then(|req| execute(&req));
+    let (resp, code) = match result {
+        Ok(pid) => (HelperResponse { pid, error: None }, 0),
+        Err(error) => (
+            HelperResponse {
+                pid: None,
+                error: Some(error),
+            },
+            1,
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string(&resp).expect("helper response serializes")
+    );
+    let _ = out.flush();
+    code
+}
+
+fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
+    match req {
+        HelperRequest::Create {
+            id,
+            bundle,
+            state_root,
+            log_path,
+        } => {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .map_err(|e| format!("opening the log file {}: {e}", log_path.display()))?;
+            let log_err = log
+                .try_clone()
+                .map_err(|e| format!("duplicating the log file descriptor: {e}"))?;
+            let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+            let container = ContainerBuilder::new(id.clone(), SyscallType::default())
+                .with_root_path(state_root)
+                .map_err(|e| format!("using state root {}: {e}", state_root.display()))?
+                .with_executor(DefaultExecutor {})
+                .with_stdin(null)
+                .with_stdout(log)
+                .with_stderr(log_err)
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("libcontainer create of {id}: {e}"))?;
+            let pid = container
+                .pid()
+                .ok_or_else(|| format!("libcontainer created {id} but reported no init pid"))?;
+            Ok(Some(pid.as_raw()))
+        }
+        HelperRequest::Start { id, state_root } => {
+            let mut container = Container::load(state_root.join(id))
+                .map_err(|e| format!("loading the state of {id}: {e}"))?;
+            container
+                .start()
+                .map_err(|e| format!("libcontainer start of {id}: {e}"))?;
+            Ok(container.pid().map(|p| p.as_raw()))
+        }
+        HelperRequest::Delete { id, state_root } => {
+            let dir = state_root.join(id);
+            if !dir.exists() {
+                return Ok(None);
+            }
+            let mut container =
+                Container::load(dir).map_err(|e| format!("loading the state of {id}: {e}"))?;
+            container
+                .delete(true)
+                .map_err(|e| format!("libcontainer delete of {id}: {e}"))?;
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `berth-sandboxd`: the sandbox runtime daemon (see the library docs).
+//!
+//! `berth-sandboxd __helper <json>` is the internal helper mode the daemon re-executes
+//! for libcontainer operations; it must stay single-threaded, so it is dispatched
+//! before the tokio runtime starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+/// Runs sandboxes for the agent, on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "berth-sandboxd", version)]
+struct Args {
+    /// Unix socket to serve the Sandboxes gRPC service on (mode 0600).
+    #[arg(long, env = "BERTH_SANDBOXD_SOCKET")]
+    socket: PathBuf,
+    /// State directory: bundles, libcontainer state, sandbox records.
+    #[arg(long, env = "BERTH_SANDBOXD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7705",
+        env = "BERTH_SANDBOXD_METRICS_LISTEN"
+    )]
+    metrics_listen: SocketAddr,
+}
+
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args_os();
+    if argv.nth(1).as_deref() == Some(std::ffi::OsStr::new(berth_sandboxd::HELPER_ARG)) {
+        init_tracing("warn");
+        let arg = argv
+            .next()
+            .and_then(|a| a.into_string().ok())
+            .context("the helper mode needs one JSON argument")?;
+        std::process::exit(berth_sandboxd::helper_main(&arg));
+    }
+
+    let args = Args::parse();
+    init_tracing("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        let config = berth_sandboxd::Config {
+            socket: args.socket,
+            state_dir: args.state_dir,
+            metrics_listen: args.metrics_listen,
+            helper_exe: PathBuf::from("/proc/self/exe"),
+        };
+        berth_sandboxd::run(config, shutdown)
+            .await
+            .context("running berth-sandboxd")
+    })
+}

@@ -1,0 +1,603 @@
+//! The sandbox lifecycle: create, start, stop, delete, list.
+//!
+//! Operations on one id are serialized; different ids run concurrently. libcontainer
+//! itself only ever runs in helper processes ([`crate::helper`]); this module writes
+//! bundles, signals processes, watches cgroups and keeps the records
+//! ([`crate::store`]). It never leaves a half-created sandbox behind: a failed create
+//! is deleted again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_api::sandbox::{CreateRequest, SandboxInfo};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use thiserror::Error;
+use tracing::Instrument;
+
+use crate::cgroup::SandboxCgroup;
+use crate::helper::{self, HelperRequest};
+use crate::metrics::Metrics;
+use crate::reaper::Reaper;
+use crate::store::{Record, Status, Store, StoreError};
+use crate::validate::{self, ValidationError};
+use crate::{spec, SandboxdError};
+
+/// Grace period of Stop when the request gives none.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long to keep SIGKILLing a cgroup before giving up.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of sandbox operations.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    #[error("sandbox {0} already exists: delete it first or pick another id")]
+    AlreadyExists(String),
+    #[error("sandbox {id} is {status:?}; {what}")]
+    WrongState {
+        id: String,
+        status: Status,
+        what: &'static str,
+    },
+    #[error("writing the bundle of sandbox {id} in {dir}: {message}")]
+    Bundle {
+        id: String,
+        dir: PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error("sandbox {id}: {source}")]
+    Helper {
+        id: String,
+        #[source]
+        source: helper::HelperError,
+    },
+    #[error("stopping sandbox {id}: {message}")]
+    Stop { id: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sandbox {id}: {source}")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
+    #[error("removing {path} of sandbox {id}: {source}")]
+    Remove {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Directories under the daemon's state dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `<state>/bundles/<id>/config.json`
+    pub bundles: PathBuf,
+    /// libcontainer's state root, `<state>/containers/<id>/`.
+    pub containers: PathBuf,
+    /// `<state>/sandboxes.json`
+    pub records: PathBuf,
+}
+
+impl Layout {
+    /// The layout under `state_dir`, creating the directories.
+    pub fn create(state_dir: &Path) -> Result<Self, SandboxdError> {
+        let layout = Self {
+            bundles: state_dir.join("bundles"),
+            containers: state_dir.join("containers"),
+            records: state_dir.join("sandboxes.json"),
+        };
+        for dir in [&layout.bundles, &layout.containers] {
+            std::fs::create_dir_all(dir).map_err(|source| SandboxdError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(layout)
+    }
+}
+
+/// Runs sandboxes.
+pub struct Sandboxes {
+    layout: Layout,
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    records: Mutex<BTreeMap<String, Record>>,
+    /// One lock per id so operations on a sandbox do not interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Start time (clock ticks since boot) of a live process, from `/proc/<pid>/stat`.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(pid: i32, start_time: Option<u64>) -> bool {
+    pid > 0
+        && kill(Pid::from_raw(pid), None).is_ok()
+        && (start_time.is_none() || process_start_time(pid) == start_time)
+}
+
+impl Sandboxes {
+    /// Loads the records under `layout`. Sandboxes whose init is still alive but was
+    /// started by an earlier daemon are watched by polling; dead ones become stopped
+    /// with an unknown exit code (-1). Must run inside a tokio runtime.
+    pub fn open(
+        layout: Layout,
+        exe: PathBuf,
+        reaper: Arc<Reaper>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, SandboxError> {
+        let store = Store::new(&layout.records);
+        let mut records = store.load()?;
+        let mut adopted = Vec::new();
+        for r in records.values_mut() {
+            if r.status == Status::Stopped {
+                continue;
+            }
+            if alive(r.pid, r.pid_start_time) {
+                adopted.push((r.id.clone(), r.pid));
+            } else {
+                r.status = Status::Stopped;
+                r.exit_code = -1;
+            }
+        }
+        store.save(&records)?;
+        let this = Arc::new(Self {
+            layout,
+            exe,
+            reaper,
+            metrics,
+            store,
+            records: Mutex::new(records),
+            locks: Mutex::new(HashMap::new()),
+        });
+        this.update_gauge();
+        for (id, pid) in adopted {
+            tracing::info!(id, pid, "watching a sandbox started by an earlier sandboxd");
+            this.clone().watch(id, pid, false);
+        }
+        Ok(this)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn get_record(&self, id: &str) -> Option<Record> {
+        self.records
+            .lock()
+            .expect("records poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    fn update<F: FnOnce(&mut BTreeMap<String, Record>)>(&self, f: F) -> Result<(), StoreError> {
+        let mut records = self.records.lock().expect("records poisoned");
+        f(&mut records);
+        let running = records
+            .values()
+            .filter(|r| r.status == Status::Running)
+            .count();
+        self.metrics.running.set(running as i64);
+        self.store.save(&records)
+    }
+
+    fn update_gauge(&self) {
+        let records = self.records.lock().expect("records poisoned");
+        let running = records
+            .values()
+            .filter(|r| r.status == Status::Running)
+            .count();
+        self.metrics.running.set(running as i64);
+    }
+
+    /// Marks the sandbox stopped if its init is still `pid` and it is not already.
+    fn mark_stopped(&self, id: &str, pid: i32, exit_code: i32) {
+        let oom = self
+            .get_record(id)
+            .is_some_and(|r| SandboxCgroup::locate(&r.cgroup_path).is_ok_and(|c| c.oom_killed()));
+        let res = self.update(|records| {
+            if let Some(r) = records.get_mut(id) {
+                if r.pid == pid && r.status != Status::Stopped {
+                    r.status = Status::Stopped;
+                    r.exit_code = exit_code;
+                    r.oom_killed = oom;
+                }
+            }
+        });
+        if let Err(err) = res {
+            tracing::error!(id, %err, "saving the stopped state");
+        }
+    }
+
+    /// Waits in the background for the init to exit and records it.
+    fn watch(self: Arc<Self>, id: String, pid: i32, child: bool) {
+        let span = tracing::info_span!("watch", sandbox = %id, pid);
+        tokio::spawn(
+            async move {
+                let code = self.wait_exit(pid, child, None).await.unwrap_or(-1);
+                tracing::info!(exit_code = code, "sandbox process exited");
+                self.mark_stopped(&id, pid, code);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Waits until `pid` exits (at most `timeout`). Children of this daemon are
+    /// awaited through the reaper (with their exit code); inits adopted from an earlier
+    /// daemon are polled and report -1.
+    async fn wait_exit(&self, pid: i32, child: bool, timeout: Option<Duration>) -> Option<i32> {
+        if child {
+            return self.reaper.wait(pid, timeout).await;
+        }
+        let start_time = process_start_time(pid);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if !alive(pid, start_time) {
+                return Some(-1);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the init `pid` of a record was started by this daemon.
+    fn is_child(&self, pid: i32) -> bool {
+        // Our own children are direct children: their PPid is us.
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            // Already reaped (or gone): a recorded exit code tells.
+            return self.reaper.exit_code(pid).is_some();
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_some_and(|ppid| ppid == std::process::id())
+    }
+
+    /// Creates a sandbox: writes its bundle and has libcontainer create the
+    /// container (the init waits for Start).
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxInfo, SandboxError> {
+        validate::create_request(&req)?;
+        let lock = self.lock_for(&req.id);
+        let _guard = lock.lock().await;
+        if self.get_record(&req.id).is_some() {
+            return Err(SandboxError::AlreadyExists(req.id));
+        }
+        let started = Instant::now();
+        let result = self.create_locked(&req).await;
+        match &result {
+            Ok(_) => self
+                .metrics
+                .create_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(err) => {
+                self.metrics.failures.inc();
+                tracing::warn!(%err, "create failed; cleaning up");
+                if let Err(cleanup) = self.remove_container(&req.id, None).await {
+                    tracing::error!(err = %cleanup, "cleaning up after a failed create");
+                }
+            }
+        }
+        result
+    }
+
+    async fn create_locked(
+        self: &Arc<Self>,
+        req: &CreateRequest,
+    ) -> Result<SandboxInfo, SandboxError> {
+        let id = req.id.clone();
+        // Leftovers of a crashed earlier attempt with the same id.
+        if self.layout.containers.join(&id).exists() {
+            tracing::warn!("removing stale libcontainer state");
+            self.remove_container(&id, None).await?;
+        }
+        let spec = spec::build(req)?;
+        let bundle = self.layout.bundles.join(&id);
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                spec.save(bundle.join("config.json"))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|message| SandboxError::Bundle {
+                id: id.clone(),
+                dir: bundle.clone(),
+                message,
+            })?;
+
+        let resp = helper::run(
+            &self.exe,
+            &HelperRequest::Create {
+                id: id.clone(),
+                bundle,
+                state_root: self.layout.containers.clone(),
+                log_path: PathBuf::from(&req.log_path),
+            },
+            &self.reaper,
+        )
+        .await
+        .map_err(|source| SandboxError::Helper {
+            id: id.clone(),
+            source,
+        })?;
+        let pid = resp.pid.unwrap_or(0);
+        let record = Record {
+            id: id.clone(),
+            site: req.site.clone(),
+            status: Status::Created,
+            pid,
+            pid_start_time: process_start_time(pid),
+            exit_code: 0,
+            oom_killed: false,
+            cgroup_path: spec::cgroup_path(&req.site, &id),
+            log_path: PathBuf::from(&req.log_path),
+        };
+        self.update(|records| {
+            records.insert(id.clone(), record.clone());
+        })?;
+        let child = self.is_child(pid);
+        if !child {
+            tracing::warn!(
+                pid,
+                "sandbox init is not a child of sandboxd; exit codes will be unknown"
+            );
+        }
+        self.clone().watch(id, pid, child);
+        tracing::info!(pid, "sandbox created");
+        Ok(record.info())
+    }
+
+    /// Starts a created sandbox's process.
+    pub async fn start(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        validate::id(id)?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let record = self
+            .get_record(id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        match record.status {
+            Status::Running => return Ok(record.info()),
+            Status::Stopped => {
+                return Err(SandboxError::WrongState {
+                    id: id.to_string(),
+                    status: record.status,
+                    what: "delete and create it again",
+                })
+            }
+            Status::Created => {}
+        }
+        let result = helper::run(
+            &self.exe,
+            &HelperRequest::Start {
+                id: id.to_string(),
+                state_root: self.layout.containers.clone(),
+            },
+            &self.reaper,
+        )
+        .await;
+        if let Err(source) = result {
+            self.metrics.failures.inc();
+            return Err(SandboxError::Helper {
+                id: id.to_string(),
+                source,
+            });
+        }
+        self.metrics.starts.inc();
+        self.update(|records| {
+            if let Some(r) = records.get_mut(id) {
+                if r.status == Status::Created {
+                    r.status = Status::Running;
+                }
+            }
+        })?;
+        tracing::info!("sandbox started");
+        Ok(self
+            .get_record(id)
+            .map(|r| r.info())
+            .unwrap_or_else(|| record.info()))
+    }
+
+    /// Stops a sandbox: SIGTERM to its init, `grace`, then SIGKILL to everything in
+    /// its cgroup until the cgroup is empty.
+    pub async fn stop(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<SandboxInfo, SandboxError> {
+        validate::id(id)?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        self.stop_locked(id, grace.unwrap_or(DEFAULT_GRACE)).await
+    }
+
+    async fn stop_locked(&self, id: &str, grace: Duration) -> Result<SandboxInfo, SandboxError> {
+        let record = self
+            .get_record(id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        let cgroup =
+            SandboxCgroup::locate(&record.cgroup_path).map_err(|source| SandboxError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?;
+        let pid = record.pid;
+        let child = self.is_child(pid);
+        let mut exit = None;
+        if record.status == Status::Stopped {
+            exit = Some(record.exit_code);
+        } else if record.status == Status::Running && pid > 0 {
+            // pid 1 of a pid namespace only gets SIGTERM if it handles it.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            exit = self.wait_exit(pid, child, Some(grace)).await;
+            if exit.is_none() {
+                tracing::info!(?grace, "grace period over; killing the sandbox");
+            }
+        }
+        // SIGKILL whatever is left (a created init, ignored SIGTERM, escaped children).
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let procs = cgroup.procs().map_err(|e| SandboxError::Stop {
+                id: id.to_string(),
+                message: format!("reading cgroup.procs: {e}"),
+            })?;
+            let init_gone = exit.is_some() || pid <= 0;
+            if procs.is_empty() && init_gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Stop {
+                    id: id.to_string(),
+                    message: format!(
+                        "processes {procs:?} survived SIGKILL for {KILL_TIMEOUT:?}; check for D-state processes"
+                    ),
+                });
+            }
+            let _ = cgroup.signal_all(Signal::SIGKILL);
+            if !init_gone {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                exit = self
+                    .wait_exit(pid, child, Some(Duration::from_millis(100)))
+                    .await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if let Some(code) = exit {
+            self.mark_stopped(id, pid, code);
+        }
+        let info = self
+            .get_record(id)
+            .map(|r| r.info())
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        tracing::info!(
+            exit_code = info.exit_code,
+            oom_killed = info.oom_killed,
+            "sandbox stopped"
+        );
+        Ok(info)
+    }
+
+    /// Deletes a sandbox (stopping it first): cgroups, libcontainer state, bundle and
+    /// record. Deleting an unknown id succeeds.
+    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        validate::id(id)?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let record = self.get_record(id);
+        if let Some(r) = &record {
+            if r.status != Status::Stopped {
+                self.stop_locked(id, DEFAULT_GRACE).await?;
+            }
+        }
+        self.remove_container(id, record.as_ref()).await?;
+        if let Some(r) = record {
+            self.update(|records| {
+                records.remove(id);
+            })?;
+            self.reaper.forget(r.pid);
+        }
+        self.locks.lock().expect("locks poisoned").remove(id);
+        tracing::info!("sandbox deleted");
+        Ok(())
+    }
+
+    /// Removes libcontainer state (and with it the cgroups), leftover cgroup
+    /// directories and the bundle.
+    async fn remove_container(
+        &self,
+        id: &str,
+        record: Option<&Record>,
+    ) -> Result<(), SandboxError> {
+        helper::run(
+            &self.exe,
+            &HelperRequest::Delete {
+                id: id.to_string(),
+                state_root: self.layout.containers.clone(),
+            },
+            &self.reaper,
+        )
+        .await
+        .map_err(|source| SandboxError::Helper {
+            id: id.to_string(),
+            source,
+        })?;
+        if let Some(r) = record {
+            if let Ok(cgroup) = SandboxCgroup::locate(&r.cgroup_path) {
+                cgroup.remove_leftovers();
+            }
+        }
+        for dir in [
+            self.layout.bundles.join(id),
+            self.layout.containers.join(id),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SandboxError::Remove {
+                        id: id.to_string(),
+                        path: dir,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One sandbox.
+    pub fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        validate::id(id)?;
+        self.get_record(id)
+            .map(|r| r.info())
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// Every sandbox, by id.
+    pub fn list(&self) -> Vec<SandboxInfo> {
+        self.records
+            .lock()
+            .expect("records poisoned")
+            .values()
+            .map(Record::info)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_start_time() {
+        let me = std::process::id() as i32;
+        let t = process_start_time(me).expect("own start time");
+        assert!(alive(me, Some(t)));
+        assert!(!alive(me, Some(t + 1)));
+        assert!(!alive(0, None));
+    }
+}
