@@ -1,0 +1,109 @@
+//! The file server's error type and its mapping to POSIX errno and gRPC status.
+//!
+//! Every failure a volume operation can produce is an [`FsError`]; the gRPC layer turns
+//! it into a [`tonic::Status`] carrying the errno in the `x-berth-errno` metadata, so the
+//! FUSE client hands the exact errno to the kernel. Internal details (paths, SQL) are
+//! logged, never sent to clients.
+
+use berth_api::ERRNO_METADATA_KEY;
+use tonic::{Code, Status};
+
+/// What can go wrong in a volume operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("file name too long: at most 255 bytes are allowed")]
+    NameTooLong,
+    #[error("file too large: at most {max} bytes are allowed")]
+    TooLarge { max: u64 },
+    #[error("metadata database failed: {0}; check the state directory's disk")]
+    Meta(#[from] sqlx::Error),
+    #[error("metadata migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("object store failed: {0}; check the store directory or bucket")]
+    Store(#[from] object_store::Error),
+}
+
+impl FsError {
+    /// The POSIX errno the FUSE client should return to the kernel.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::TooLarge { .. } => libc::EFBIG,
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => libc::EIO,
+        }
+    }
+
+    /// Short label for metrics (`outcome` label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FsError::NotFound => "enoent",
+            FsError::Exists => "eexist",
+            FsError::NotEmpty => "enotempty",
+            FsError::NotDir => "enotdir",
+            FsError::IsDir => "eisdir",
+            FsError::Invalid(_) => "einval",
+            FsError::NameTooLong => "enametoolong",
+            FsError::TooLarge { .. } => "efbig",
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => "eio",
+        }
+    }
+
+    /// Converts into a gRPC status with the errno in [`ERRNO_METADATA_KEY`]. Internal
+    /// errors get a generic message: their detail is logged by the caller, not sent.
+    pub fn into_status(self) -> Status {
+        let errno = self.errno();
+        let (code, message) = match &self {
+            FsError::NotFound => (Code::NotFound, self.to_string()),
+            FsError::Exists => (Code::AlreadyExists, self.to_string()),
+            FsError::Invalid(_) | FsError::NameTooLong | FsError::TooLarge { .. } => {
+                (Code::InvalidArgument, self.to_string())
+            }
+            FsError::NotEmpty | FsError::NotDir | FsError::IsDir => {
+                (Code::FailedPrecondition, self.to_string())
+            }
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => (
+                Code::Internal,
+                "file server storage failed; see the fsd log".to_string(),
+            ),
+        };
+        let mut status = Status::new(code, message);
+        if let Ok(value) = errno.to_string().parse() {
+            status.metadata_mut().insert(ERRNO_METADATA_KEY, value);
+        }
+        status
+    }
+}
+
+/// Result of a volume operation.
+pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_errno() {
+        let status = FsError::NotEmpty.into_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let v = status.metadata().get(ERRNO_METADATA_KEY).unwrap();
+        assert_eq!(v.to_str().unwrap(), libc::ENOTEMPTY.to_string());
+    }
+}

@@ -1,0 +1,708 @@
+//! The FUSE filesystem of `berth-fsd mount`: a thin translator from kernel requests to
+//! `Volumes` calls on the file server.
+//!
+//! The client keeps no file data: writes go to the server as they come (the kernel
+//! page cache is write-through), and `flush`/`release`/`fsync` of a handle that wrote
+//! call `Fsync`, so data is durable in object storage when `close` returns. Open
+//! handles remember the server boot id their writes went to: if the server restarted
+//! in between, acknowledged writes may be lost and the next fsync/close reports EIO.
+//! Directory handles snapshot the listing so offsets stay stable while reading.
+
+mod attr;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroU32;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use berth_api::volume::{
+    Attr, CreateRequest, InodeRequest, LookupRequest, MkdirRequest, NameRequest, ReadRequest,
+    RenameRequest, SetAttrRequest, VolumeRequest, WriteRequest,
+};
+use bytes::Bytes;
+use fuse3::raw::prelude::*;
+use fuse3::{Errno, Inode, Result as FuseResult};
+use futures::stream;
+
+pub use attr::Ttls;
+use attr::{file_attr, file_type, may_access, nanos};
+
+use crate::client::FsClient;
+
+/// Largest write the kernel may send in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// What an open handle remembers.
+#[derive(Debug)]
+enum Handle {
+    File(FileHandle),
+    Dir(Option<Vec<Listed>>),
+}
+
+#[derive(Debug, Default)]
+struct FileHandle {
+    /// Writes went out since the last successful fsync.
+    dirty: bool,
+    /// Boot id of the server that acknowledged the first of those writes.
+    boot_id: Option<String>,
+    /// A write was acknowledged by a different server boot than an earlier one.
+    maybe_lost: bool,
+}
+
+/// One entry of a directory listing (including `.` and `..`).
+#[derive(Debug, Clone)]
+struct Listed {
+    name: Vec<u8>,
+    attr: Attr,
+}
+
+/// The FUSE filesystem of one volume.
+#[derive(Debug)]
+pub struct VolumeFs {
+    client: FsClient,
+    volume: String,
+    ttls: Ttls,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from(e)
+}
+
+fn attr_of(attr: Option<Attr>) -> FuseResult<Attr> {
+    attr.ok_or_else(|| errno(libc::EIO))
+}
+
+impl VolumeFs {
+    pub fn new(client: FsClient, volume: String, ttls: Ttls) -> Self {
+        Self {
+            client,
+            volume,
+            ttls,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
+        self.handles.lock().expect("handle table lock poisoned")
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, handle);
+        fh
+    }
+
+    fn inode_req(&self, ino: u64) -> InodeRequest {
+        InodeRequest {
+            volume: self.volume.clone(),
+            ino,
+        }
+    }
+
+    fn entry(&self, attr: &Attr) -> ReplyEntry {
+        ReplyEntry {
+            ttl: self.ttls.entry(attr),
+            attr: file_attr(attr),
+            generation: 0,
+        }
+    }
+
+    async fn get_attr(&self, ino: u64) -> FuseResult<Attr> {
+        let req = self.inode_req(ino);
+        let reply = self
+            .client
+            .call("getattr", |mut c| {
+                let req = req.clone();
+                async move { c.get_attr(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(reply.value)
+    }
+
+    async fn truncate(&self, ino: u64, size: u64) -> FuseResult<Attr> {
+        let req = SetAttrRequest {
+            volume: self.volume.clone(),
+            ino,
+            size: Some(size),
+            ..Default::default()
+        };
+        let reply = self
+            .client
+            .call("setattr", |mut c| {
+                let req = req.clone();
+                async move { c.set_attr(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(reply.value)
+    }
+
+    /// Makes the writes of handle `fh` durable; EIO if they may have been lost.
+    async fn sync_handle(&self, ino: u64, fh: u64, force: bool) -> FuseResult<()> {
+        let (dirty, boot_id, maybe_lost) = match self.handles().get_mut(&fh) {
+            Some(Handle::File(h)) => {
+                let state = (h.dirty, h.boot_id.take(), h.maybe_lost);
+                h.dirty = false;
+                h.maybe_lost = false;
+                state
+            }
+            _ => (false, None, false),
+        };
+        if !dirty && !force {
+            return Ok(());
+        }
+        let req = self.inode_req(ino);
+        let reply = self
+            .client
+            .call("fsync", |mut c| {
+                let req = req.clone();
+                async move { c.fsync(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        let restarted = dirty && boot_id.is_some() && reply.boot_id != boot_id;
+        if maybe_lost || restarted {
+            tracing::error!(
+                volume = %self.volume,
+                ino,
+                "file server restarted before these writes were synced; reporting EIO"
+            );
+            return Err(errno(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Lists a directory with `.` and `..` first.
+    async fn list(&self, ino: u64) -> FuseResult<Vec<Listed>> {
+        let dir = self.get_attr(ino).await?;
+        let req = self.inode_req(ino);
+        let reply = self
+            .client
+            .call("readdir", |mut c| {
+                let req = req.clone();
+                async move { c.read_dir(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        let mut out = Vec::with_capacity(reply.value.entries.len() + 2);
+        // The parent's inode number is not known here; the kernel ignores the
+        // attributes of "." and ".." and fills in the real parent for lookups.
+        out.push(Listed {
+            name: b".".to_vec(),
+            attr: dir.clone(),
+        });
+        out.push(Listed {
+            name: b"..".to_vec(),
+            attr: dir,
+        });
+        for e in reply.value.entries {
+            out.push(Listed {
+                name: e.name,
+                attr: attr_of(e.attr)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The listing of directory handle `fh` from `offset` on; re-read at offset 0.
+    async fn listing(&self, ino: u64, fh: u64, offset: u64) -> FuseResult<Vec<Listed>> {
+        let cached = match self.handles().get(&fh) {
+            Some(Handle::Dir(Some(entries))) if offset > 0 => Some(entries.clone()),
+            _ => None,
+        };
+        let entries = match cached {
+            Some(entries) => entries,
+            None => {
+                let entries = self.list(ino).await?;
+                if let Some(Handle::Dir(slot)) = self.handles().get_mut(&fh) {
+                    *slot = Some(entries.clone());
+                }
+                entries
+            }
+        };
+        Ok(entries.into_iter().skip(offset as usize).collect())
+    }
+}
+
+impl Filesystem for VolumeFs {
+    async fn init(&self, _req: Request) -> FuseResult<ReplyInit> {
+        Ok(ReplyInit::new(
+            NonZeroU32::new(MAX_WRITE).expect("MAX_WRITE is not zero"),
+        ))
+    }
+
+    async fn destroy(&self, _req: Request) {
+        tracing::info!(volume = %self.volume, "kernel ended the FUSE session");
+    }
+
+    async fn lookup(&self, _req: Request, parent: Inode, name: &OsStr) -> FuseResult<ReplyEntry> {
+        let req = LookupRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+        };
+        let reply = self
+            .client
+            .call("lookup", |mut c| {
+                let req = req.clone();
+                async move { c.lookup(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        let attr = attr_of(reply.value.attr)?;
+        Ok(self.entry(&attr))
+    }
+
+    async fn getattr(
+        &self,
+        _req: Request,
+        inode: Inode,
+        _fh: Option<u64>,
+        _flags: u32,
+    ) -> FuseResult<ReplyAttr> {
+        let attr = self.get_attr(inode).await?;
+        Ok(ReplyAttr {
+            ttl: self.ttls.attr,
+            attr: file_attr(&attr),
+        })
+    }
+
+    async fn setattr(
+        &self,
+        _req: Request,
+        inode: Inode,
+        _fh: Option<u64>,
+        set_attr: SetAttr,
+    ) -> FuseResult<ReplyAttr> {
+        let req = SetAttrRequest {
+            volume: self.volume.clone(),
+            ino: inode,
+            mode: set_attr.mode.map(|m| m & 0o7777),
+            uid: set_attr.uid,
+            gid: set_attr.gid,
+            size: set_attr.size,
+            atime_ns: set_attr.atime.map(nanos),
+            mtime_ns: set_attr.mtime.map(nanos),
+        };
+        let reply = self
+            .client
+            .call("setattr", |mut c| {
+                let req = req.clone();
+                async move { c.set_attr(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(ReplyAttr {
+            ttl: self.ttls.attr,
+            attr: file_attr(&reply.value),
+        })
+    }
+
+    async fn mknod(
+        &self,
+        req: Request,
+        parent: Inode,
+        name: &OsStr,
+        mode: u32,
+        _rdev: u32,
+    ) -> FuseResult<ReplyEntry> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            // Devices, FIFOs and sockets have no place on a shared volume.
+            return Err(errno(libc::EPERM));
+        }
+        let attr = self.create_file(&req, parent, name, mode, true).await?;
+        Ok(self.entry(&attr))
+    }
+
+    async fn mkdir(
+        &self,
+        req: Request,
+        parent: Inode,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+    ) -> FuseResult<ReplyEntry> {
+        let request = MkdirRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+            mode: mode & 0o7777,
+            uid: req.uid,
+            gid: req.gid,
+        };
+        let reply = self
+            .client
+            .call("mkdir", |mut c| {
+                let request = request.clone();
+                async move { c.mkdir(request).await }
+            })
+            .await
+            .map_err(errno)?;
+        let attr = attr_of(reply.value.attr)?;
+        Ok(self.entry(&attr))
+    }
+
+    async fn unlink(&self, _req: Request, parent: Inode, name: &OsStr) -> FuseResult<()> {
+        let req = NameRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+        };
+        self.client
+            .call("unlink", |mut c| {
+                let req = req.clone();
+                async move { c.unlink(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    async fn rmdir(&self, _req: Request, parent: Inode, name: &OsStr) -> FuseResult<()> {
+        let req = NameRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+        };
+        self.client
+            .call("rmdir", |mut c| {
+                let req = req.clone();
+                async move { c.rmdir(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        req: Request,
+        parent: Inode,
+        name: &OsStr,
+        new_parent: Inode,
+        new_name: &OsStr,
+    ) -> FuseResult<()> {
+        self.rename2(req, parent, name, new_parent, new_name, 0)
+            .await
+    }
+
+    async fn rename2(
+        &self,
+        _req: Request,
+        parent: Inode,
+        name: &OsStr,
+        new_parent: Inode,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FuseResult<()> {
+        let req = RenameRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+            new_parent,
+            new_name: new_name.as_bytes().to_vec(),
+            flags,
+        };
+        self.client
+            .call("rename", |mut c| {
+                let req = req.clone();
+                async move { c.rename(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    async fn open(&self, _req: Request, inode: Inode, flags: u32) -> FuseResult<ReplyOpen> {
+        // The kernel negotiated FUSE_ATOMIC_O_TRUNC: truncation on open is ours to do.
+        if flags & libc::O_TRUNC as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0 {
+            self.truncate(inode, 0).await?;
+        }
+        let fh = self.add_handle(Handle::File(FileHandle::default()));
+        // No FOPEN_KEEP_CACHE: the kernel drops cached pages on open, so a reader sees
+        // what other mounts wrote and closed before.
+        Ok(ReplyOpen { fh, flags: 0 })
+    }
+
+    async fn read(
+        &self,
+        _req: Request,
+        inode: Inode,
+        _fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FuseResult<ReplyData> {
+        let req = ReadRequest {
+            volume: self.volume.clone(),
+            ino: inode,
+            offset,
+            size,
+        };
+        let reply = self
+            .client
+            .call("read", |mut c| {
+                let req = req.clone();
+                async move { c.read(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        Ok(ReplyData {
+            data: Bytes::from(reply.value.data),
+        })
+    }
+
+    async fn write(
+        &self,
+        _req: Request,
+        inode: Inode,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: u32,
+    ) -> FuseResult<ReplyWrite> {
+        let req = WriteRequest {
+            volume: self.volume.clone(),
+            ino: inode,
+            offset,
+            data: data.to_vec(),
+        };
+        let reply = self
+            .client
+            .call("write", |mut c| {
+                let req = req.clone();
+                async move { c.write(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        if let Some(Handle::File(h)) = self.handles().get_mut(&fh) {
+            if h.dirty && h.boot_id.is_some() && h.boot_id != reply.boot_id {
+                h.maybe_lost = true;
+            }
+            if !h.dirty {
+                h.boot_id = reply.boot_id;
+            }
+            h.dirty = true;
+        }
+        Ok(ReplyWrite {
+            written: reply.value.written,
+        })
+    }
+
+    async fn statfs(&self, _req: Request, _inode: Inode) -> FuseResult<ReplyStatFs> {
+        let req = VolumeRequest {
+            volume: self.volume.clone(),
+        };
+        let reply = self
+            .client
+            .call("statfs", |mut c| {
+                let req = req.clone();
+                async move { c.stat_fs(req).await }
+            })
+            .await
+            .map_err(errno)?;
+        let s = reply.value;
+        Ok(ReplyStatFs {
+            blocks: s.blocks,
+            bfree: s.bfree,
+            bavail: s.bfree,
+            files: s.files,
+            ffree: s.ffree,
+            bsize: s.bsize,
+            namelen: s.namelen,
+            frsize: s.bsize,
+        })
+    }
+
+    async fn release(
+        &self,
+        _req: Request,
+        inode: Inode,
+        fh: u64,
+        _flags: u32,
+        _lock_owner: u64,
+        _flush: bool,
+    ) -> FuseResult<()> {
+        let result = self.sync_handle(inode, fh, false).await;
+        self.handles().remove(&fh);
+        result
+    }
+
+    async fn fsync(&self, _req: Request, inode: Inode, fh: u64, _datasync: bool) -> FuseResult<()> {
+        self.sync_handle(inode, fh, true).await
+    }
+
+    async fn flush(
+        &self,
+        _req: Request,
+        inode: Inode,
+        fh: u64,
+        _lock_owner: u64,
+    ) -> FuseResult<()> {
+        // Called on every close(): make the data durable before close returns.
+        self.sync_handle(inode, fh, false).await
+    }
+
+    async fn opendir(&self, _req: Request, inode: Inode, _flags: u32) -> FuseResult<ReplyOpen> {
+        let attr = self.get_attr(inode).await?;
+        if file_type(attr.kind) != FileType::Directory {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let fh = self.add_handle(Handle::Dir(None));
+        Ok(ReplyOpen { fh, flags: 0 })
+    }
+
+    async fn readdir<'a>(
+        &'a self,
+        _req: Request,
+        parent: Inode,
+        fh: u64,
+        offset: i64,
+    ) -> FuseResult<
+        ReplyDirectory<impl futures::Stream<Item = FuseResult<DirectoryEntry>> + Send + 'a>,
+    > {
+        let start = offset.max(0) as u64;
+        let entries: Vec<FuseResult<DirectoryEntry>> = self
+            .listing(parent, fh, start)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(DirectoryEntry {
+                    inode: e.attr.ino,
+                    kind: file_type(e.attr.kind),
+                    name: OsString::from_vec(e.name),
+                    offset: (start + i as u64 + 1) as i64,
+                })
+            })
+            .collect();
+        Ok(ReplyDirectory {
+            entries: stream::iter(entries),
+        })
+    }
+
+    async fn readdirplus<'a>(
+        &'a self,
+        _req: Request,
+        parent: Inode,
+        fh: u64,
+        offset: u64,
+        _lock_owner: u64,
+    ) -> FuseResult<
+        ReplyDirectoryPlus<impl futures::Stream<Item = FuseResult<DirectoryEntryPlus>> + Send + 'a>,
+    > {
+        let entries: Vec<FuseResult<DirectoryEntryPlus>> = self
+            .listing(parent, fh, offset)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok(DirectoryEntryPlus {
+                    inode: e.attr.ino,
+                    generation: 0,
+                    kind: file_type(e.attr.kind),
+                    name: OsString::from_vec(e.name),
+                    offset: (offset + i as u64 + 1) as i64,
+                    attr: file_attr(&e.attr),
+                    entry_ttl: self.ttls.entry(&e.attr),
+                    attr_ttl: self.ttls.attr,
+                })
+            })
+            .collect();
+        Ok(ReplyDirectoryPlus {
+            entries: stream::iter(entries),
+        })
+    }
+
+    async fn releasedir(
+        &self,
+        _req: Request,
+        _inode: Inode,
+        fh: u64,
+        _flags: u32,
+    ) -> FuseResult<()> {
+        self.handles().remove(&fh);
+        Ok(())
+    }
+
+    async fn fsyncdir(
+        &self,
+        _req: Request,
+        _inode: Inode,
+        _fh: u64,
+        _datasync: bool,
+    ) -> FuseResult<()> {
+        // Metadata changes are committed by the server before it answers.
+        Ok(())
+    }
+
+    async fn access(&self, req: Request, inode: Inode, mask: u32) -> FuseResult<()> {
+        let attr = self.get_attr(inode).await?;
+        if may_access(&attr, req.uid, req.gid, mask) {
+            Ok(())
+        } else {
+            Err(errno(libc::EACCES))
+        }
+    }
+
+    async fn create(
+        &self,
+        req: Request,
+        parent: Inode,
+        name: &OsStr,
+        mode: u32,
+        flags: u32,
+    ) -> FuseResult<ReplyCreated> {
+        let exclusive = flags & libc::O_EXCL as u32 != 0;
+        let mut attr = self
+            .create_file(&req, parent, name, mode, exclusive)
+            .await?;
+        if flags & libc::O_TRUNC as u32 != 0 && attr.size > 0 {
+            attr = self.truncate(attr.ino, 0).await?;
+        }
+        let fh = self.add_handle(Handle::File(FileHandle::default()));
+        Ok(ReplyCreated {
+            ttl: self.ttls.entry(&attr),
+            attr: file_attr(&attr),
+            generation: 0,
+            fh,
+            flags: 0,
+        })
+    }
+}
+
+impl VolumeFs {
+    async fn create_file(
+        &self,
+        req: &Request,
+        parent: Inode,
+        name: &OsStr,
+        mode: u32,
+        exclusive: bool,
+    ) -> FuseResult<Attr> {
+        let request = CreateRequest {
+            volume: self.volume.clone(),
+            parent,
+            name: name.as_bytes().to_vec(),
+            mode: mode & 0o7777,
+            uid: req.uid,
+            gid: req.gid,
+            exclusive,
+        };
+        let reply = self
+            .client
+            .call("create", |mut c| {
+                let request = request.clone();
+                async move { c.create(request).await }
+            })
+            .await
+            .map_err(errno)?;
+        attr_of(reply.value.attr)
+    }
+}

@@ -1,0 +1,146 @@
+//! Conversions between the wire's [`Attr`] and FUSE's attribute types, and the
+//! permission check behind `access`.
+
+use std::time::Duration;
+
+use berth_api::volume::{Attr, FileKind};
+use fuse3::raw::reply::FileAttr;
+use fuse3::{FileType, Timestamp};
+
+/// Block size reported in `st_blksize` (the kernel sends writes of up to 1 MiB).
+const BLKSIZE: u32 = 1 << 20;
+
+/// How long the kernel may cache what the server said.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    /// Attributes from getattr/setattr/readdirplus.
+    pub attr: Duration,
+    /// Entries (and attributes from lookup) of directories.
+    pub dir_entry: Duration,
+    /// Entries (and attributes from lookup) of files. Zero makes every open by path
+    /// ask the server again, which gives close-to-open consistency across mounts.
+    pub file_entry: Duration,
+}
+
+impl Default for Ttls {
+    fn default() -> Self {
+        Self {
+            attr: Duration::from_secs(1),
+            dir_entry: Duration::from_secs(1),
+            file_entry: Duration::ZERO,
+        }
+    }
+}
+
+impl Ttls {
+    /// TTL of an entry reply for `attr`.
+    pub fn entry(&self, attr: &Attr) -> Duration {
+        if attr.kind == FileKind::Directory as i32 {
+            self.dir_entry
+        } else {
+            self.file_entry
+        }
+    }
+}
+
+/// FUSE file type of a wire kind.
+pub fn file_type(kind: i32) -> FileType {
+    match FileKind::try_from(kind) {
+        Ok(FileKind::Directory) => FileType::Directory,
+        Ok(FileKind::Symlink) => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// Nanoseconds since the epoch as a FUSE timestamp.
+pub fn timestamp(ns: i64) -> Timestamp {
+    Timestamp::new(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+/// A FUSE timestamp as nanoseconds since the epoch.
+pub fn nanos(ts: Timestamp) -> i64 {
+    ts.sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(ts.nsec))
+}
+
+/// FUSE attributes of a wire attribute.
+pub fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: attr.ino,
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: timestamp(attr.atime_ns),
+        mtime: timestamp(attr.mtime_ns),
+        ctime: timestamp(attr.ctime_ns),
+        kind: file_type(attr.kind),
+        perm: (attr.mode & 0o7777) as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: BLKSIZE,
+    }
+}
+
+/// Whether `uid`/`gid` may access `attr` with `mask` (`R_OK | W_OK | X_OK`, or
+/// `F_OK`). Root may do anything except execute a file with no execute bit.
+pub fn may_access(attr: &Attr, uid: u32, gid: u32, mask: u32) -> bool {
+    let mask = mask & 0o7;
+    if mask == 0 {
+        return true;
+    }
+    let mode = attr.mode;
+    if uid == 0 {
+        let is_dir = attr.kind == FileKind::Directory as i32;
+        return mask & 0o1 == 0 || is_dir || mode & 0o111 != 0;
+    }
+    let bits = if uid == attr.uid {
+        (mode >> 6) & 0o7
+    } else if gid == attr.gid {
+        (mode >> 3) & 0o7
+    } else {
+        mode & 0o7
+    };
+    bits & mask == mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mode: u32, uid: u32, gid: u32) -> Attr {
+        Attr {
+            ino: 2,
+            kind: FileKind::File as i32,
+            mode,
+            uid,
+            gid,
+            nlink: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip_including_negative() {
+        for ns in [0, 1, 1_500_000_000, -1, -1_500_000_001] {
+            assert_eq!(nanos(timestamp(ns)), ns);
+        }
+    }
+
+    #[test]
+    fn access_bits() {
+        let a = attr(0o640, 10, 20);
+        assert!(may_access(&a, 10, 0, 0o6));
+        assert!(!may_access(&a, 10, 0, 0o1));
+        assert!(may_access(&a, 11, 20, 0o4));
+        assert!(!may_access(&a, 11, 20, 0o2));
+        assert!(!may_access(&a, 11, 21, 0o4));
+        assert!(may_access(&a, 0, 0, 0o6));
+        assert!(!may_access(&a, 0, 0, 0o1));
+        assert!(may_access(&a, 11, 21, 0));
+    }
+}

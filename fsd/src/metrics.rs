@@ -1,0 +1,155 @@
+//! Prometheus metrics of the file server and the `/metrics` HTTP endpoint.
+//!
+//! Counts operations per kind and outcome, times them, and counts bytes read and
+//! written. Exposition only: nothing here changes behaviour.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-operation counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Labels of the latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpKind {
+    pub op: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// All metrics of `berth-fsd serve`.
+pub struct Metrics {
+    registry: Registry,
+    ops: Family<OpLabels, Counter>,
+    latency: Family<OpKind, Histogram, fn() -> Histogram>,
+    bytes_read: Counter,
+    bytes_written: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("berth_fsd");
+        let ops = Family::<OpLabels, Counter>::default();
+        let latency =
+            Family::<OpKind, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let bytes_read = Counter::default();
+        let bytes_written = Counter::default();
+        registry.register("ops", "Volume operations by kind and outcome", ops.clone());
+        registry.register(
+            "op_duration_seconds",
+            "Latency of volume operations",
+            latency.clone(),
+        );
+        registry.register("read_bytes", "File bytes read", bytes_read.clone());
+        registry.register("written_bytes", "File bytes written", bytes_written.clone());
+        Self {
+            registry,
+            ops,
+            latency,
+            bytes_read,
+            bytes_written,
+        }
+    }
+
+    /// Records one finished operation.
+    pub fn observe(&self, op: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.ops.get_or_create(&OpLabels { op, outcome }).inc();
+        self.latency
+            .get_or_create(&OpKind { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn add_read(&self, bytes: u64) {
+        self.bytes_read.inc_by(bytes);
+    }
+
+    pub fn add_written(&self, bytes: u64) {
+        self.bytes_written.inc_by(bytes);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = encode(&mut out, &self.registry) {
+            tracing::error!(%err, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics address (so a taken port fails at start-up).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters() {
+        let m = Metrics::new();
+        m.observe("read", "ok", Duration::from_millis(1));
+        m.add_written(42);
+        let text = m.render();
+        assert!(text.contains("berth_fsd_ops_total{op=\"read\",outcome=\"ok\"} 1"));
+        assert!(text.contains("berth_fsd_written_bytes_total 42"));
+        assert!(text.contains("berth_fsd_op_duration_seconds_bucket"));
+    }
+}

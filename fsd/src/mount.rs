@@ -1,0 +1,147 @@
+//! `berth-fsd mount`: mounts one volume with FUSE and serves it until asked to stop.
+//!
+//! Mounting needs root (it calls mount(2) on /dev/fuse directly, no `fusermount3`).
+//! Before mounting, the root directory is fetched from the server, so a mount that
+//! exists is a mount that works. A stale mount left by a crashed client at the same
+//! path is detached first. On shutdown the volume is unmounted (lazily if busy).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_api::volume::InodeRequest;
+use fuse3::raw::Session;
+use fuse3::MountOptions;
+
+use crate::client::{ClientError, FsClient};
+use crate::error::FsError;
+use crate::fuse::{Ttls, VolumeFs};
+use crate::meta::ROOT_INO;
+use crate::names::validate_volume;
+
+/// What to mount where.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// File server URL, e.g. `http://127.0.0.1:7702`.
+    pub server: String,
+    pub volume: String,
+    pub mountpoint: PathBuf,
+    pub ttls: Ttls,
+    /// How long a call keeps retrying while the server is unreachable.
+    pub retry_window: Duration,
+}
+
+/// Why mounting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("invalid volume name {volume:?}: {source}")]
+    Volume { volume: String, source: FsError },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("file server {server} did not answer for volume {volume} (errno {errno}); is `berth-fsd serve` running?")]
+    Unreachable {
+        server: String,
+        volume: String,
+        errno: i32,
+    },
+    #[error("/dev/fuse is missing; load the fuse module or give the container the device")]
+    NoFuseDevice,
+    #[error(
+        "mounting {path}: {source}; the mount point must be an empty directory and this needs root"
+    )]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("FUSE session on {path} failed: {source}")]
+    Session {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Mounts the volume, calls `ready` once the mount is usable, and serves it until
+/// `shutdown` resolves or the volume is unmounted from outside.
+pub async fn mount(
+    config: MountConfig,
+    ready: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MountError> {
+    validate_volume(&config.volume).map_err(|source| MountError::Volume {
+        volume: config.volume.clone(),
+        source,
+    })?;
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuseDevice);
+    }
+    let client = FsClient::new(&config.server, config.retry_window)?;
+    let probe = InodeRequest {
+        volume: config.volume.clone(),
+        ino: ROOT_INO,
+    };
+    client
+        .call("getattr", |mut c| {
+            let probe = probe.clone();
+            async move { c.get_attr(probe).await }
+        })
+        .await
+        .map_err(|errno| MountError::Unreachable {
+            server: config.server.clone(),
+            volume: config.volume.clone(),
+            errno,
+        })?;
+
+    detach_if_stale(&config.mountpoint);
+    let mut options = MountOptions::default();
+    options
+        .fs_name(format!("berth:{}", config.volume))
+        .allow_other(true)
+        .default_permissions(true);
+    let fs = VolumeFs::new(client, config.volume.clone(), config.ttls);
+    let mut handle = Session::new(options)
+        .mount(fs, &config.mountpoint)
+        .await
+        .map_err(|source| MountError::Mount {
+            path: config.mountpoint.clone(),
+            source,
+        })?;
+    tracing::info!(
+        volume = %config.volume,
+        mountpoint = %config.mountpoint.display(),
+        server = %config.server,
+        "volume mounted"
+    );
+    ready();
+
+    tokio::select! {
+        result = &mut handle => {
+            tracing::info!(mountpoint = %config.mountpoint.display(), "volume was unmounted");
+            result.map_err(|source| MountError::Session { path: config.mountpoint.clone(), source })
+        }
+        () = shutdown => {
+            tracing::info!(mountpoint = %config.mountpoint.display(), "unmounting");
+            if let Err(err) = handle.unmount().await {
+                tracing::warn!(%err, "clean unmount failed; detaching lazily");
+                lazy_unmount(&config.mountpoint);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Detaches a dead FUSE mount (ENOTCONN) at `path`, left by a client that crashed.
+fn detach_if_stale(path: &Path) {
+    if let Err(err) = std::fs::metadata(path) {
+        if err.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(path = %path.display(), "detaching stale mount of a crashed client");
+            lazy_unmount(path);
+        }
+    }
+}
+
+fn lazy_unmount(path: &Path) {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(err) => tracing::error!(%err, path = %path.display(), "lazy unmount failed"),
+    }
+}

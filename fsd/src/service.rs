@@ -1,0 +1,335 @@
+//! The `Volumes` gRPC service: validates requests, runs them against the metadata store
+//! and the chunk store, and maps failures to statuses carrying a POSIX errno.
+//!
+//! Every response carries [`BOOT_METADATA_KEY`], an id that changes each time the
+//! server starts, so a client can tell that acknowledged but unsynced writes may have
+//! been lost and fail the next fsync with EIO instead of pretending they are durable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_api::volume::volumes_server::Volumes;
+use berth_api::volume::{
+    Attr, CreateRequest, DirEntry, Empty, Entry, FileKind, InodeRequest, LookupRequest,
+    MkdirRequest, NameRequest, ReadDirResponse, ReadRequest, ReadResponse, RenameRequest,
+    SetAttrRequest, StatFsResponse, VolumeRequest, WriteRequest, WriteResponse,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::data::ChunkStore;
+use crate::error::{FsError, FsResult};
+use crate::meta::rename::Place;
+use crate::meta::{AttrChanges, MetaStore, NewInode};
+use crate::metrics::Metrics;
+use crate::names::{validate_name, validate_volume};
+
+/// Response metadata key holding the server's boot id.
+pub const BOOT_METADATA_KEY: &str = "x-berth-fsd-boot";
+
+/// Largest single read or write accepted (the FUSE client sends at most 1 MiB).
+const MAX_IO: u32 = 16 << 20;
+/// Block size reported by statfs.
+const STATFS_BSIZE: u32 = 4096;
+/// Capacity reported by statfs: 4 TiB, in blocks (object storage has no fixed size).
+const STATFS_BLOCKS: u64 = (4 << 40) / STATFS_BSIZE as u64;
+/// Inode capacity reported by statfs.
+const STATFS_FILES: u64 = 1 << 32;
+
+/// Implementation of `berth.volume.v1.Volumes`.
+#[derive(Debug, Clone)]
+pub struct VolumeService {
+    meta: Arc<MetaStore>,
+    data: Arc<ChunkStore>,
+    metrics: Arc<Metrics>,
+    boot_id: String,
+}
+
+impl VolumeService {
+    pub fn new(meta: Arc<MetaStore>, data: Arc<ChunkStore>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            meta,
+            data,
+            metrics,
+            boot_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The id sent in [`BOOT_METADATA_KEY`].
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Runs one operation on `volume`: validates the name, creates the volume on first
+    /// use, records metrics and turns errors into statuses.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        volume: &str,
+        body: impl Future<Output = FsResult<T>>,
+    ) -> Result<Response<T>, Status> {
+        let span = tracing::debug_span!("op", op, volume);
+        let started = Instant::now();
+        let result = async {
+            validate_volume(volume)?;
+            self.meta.ensure_volume(volume).await?;
+            body.await
+        }
+        .instrument(span)
+        .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.kind(),
+        };
+        self.metrics.observe(op, outcome, started.elapsed());
+        match result {
+            Ok(value) => {
+                let mut response = Response::new(value);
+                if let Ok(id) = MetadataValue::try_from(self.boot_id.as_str()) {
+                    response.metadata_mut().insert(BOOT_METADATA_KEY, id);
+                }
+                Ok(response)
+            }
+            Err(err) => {
+                if err.errno() == libc::EIO {
+                    tracing::error!(op, volume, error = %err, "volume operation failed");
+                } else {
+                    tracing::debug!(op, volume, error = %err, "volume operation refused");
+                }
+                Err(err.into_status())
+            }
+        }
+    }
+
+    /// Deletes the data of an inode whose last link went away.
+    async fn drop_data(&self, volume: &str, ino: Option<u64>) -> FsResult<()> {
+        if let Some(ino) = ino {
+            self.data.lock(volume, ino).await.delete_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Attributes of a regular file, or EISDIR.
+    async fn file_attr(&self, volume: &str, ino: u64) -> FsResult<Attr> {
+        let attr = self.meta.get_attr(volume, ino).await?;
+        if attr.kind == FileKind::Directory as i32 {
+            return Err(FsError::IsDir);
+        }
+        Ok(attr)
+    }
+}
+
+fn check_io_size(len: u64) -> FsResult<()> {
+    if len > u64::from(MAX_IO) {
+        return Err(FsError::Invalid(format!(
+            "one read or write may move at most {MAX_IO} bytes"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Volumes for VolumeService {
+    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<Entry>, Status> {
+        let r = request.into_inner();
+        self.run("lookup", &r.volume, async {
+            validate_name(&r.name)?;
+            let attr = self.meta.lookup(&r.volume, r.parent, &r.name).await?;
+            Ok(Entry { attr: Some(attr) })
+        })
+        .await
+    }
+
+    async fn get_attr(&self, request: Request<InodeRequest>) -> Result<Response<Attr>, Status> {
+        let r = request.into_inner();
+        self.run("getattr", &r.volume, self.meta.get_attr(&r.volume, r.ino))
+            .await
+    }
+
+    async fn set_attr(&self, request: Request<SetAttrRequest>) -> Result<Response<Attr>, Status> {
+        let r = request.into_inner();
+        let changes = AttrChanges {
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            size: r.size,
+            atime_ns: r.atime_ns,
+            mtime_ns: r.mtime_ns,
+        };
+        self.run("setattr", &r.volume, async {
+            if changes.size.is_none() {
+                return Ok(self.meta.set_attr(&r.volume, r.ino, &changes).await?.0);
+            }
+            let mut inode = self.data.lock(&r.volume, r.ino).await;
+            let (attr, old_size) = self.meta.set_attr(&r.volume, r.ino, &changes).await?;
+            inode.truncate(old_size, attr.size).await?;
+            Ok(attr)
+        })
+        .await
+    }
+
+    async fn read_dir(
+        &self,
+        request: Request<InodeRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let r = request.into_inner();
+        self.run("readdir", &r.volume, async {
+            let entries = self
+                .meta
+                .read_dir(&r.volume, r.ino)
+                .await?
+                .into_iter()
+                .map(|(name, attr)| DirEntry {
+                    name,
+                    attr: Some(attr),
+                })
+                .collect();
+            Ok(ReadDirResponse { entries })
+        })
+        .await
+    }
+
+    async fn create(&self, request: Request<CreateRequest>) -> Result<Response<Entry>, Status> {
+        let r = request.into_inner();
+        self.run("create", &r.volume, async {
+            validate_name(&r.name)?;
+            let new = NewInode {
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+            };
+            let (attr, _created) = self
+                .meta
+                .create_file(&r.volume, r.parent, &r.name, new, r.exclusive)
+                .await?;
+            Ok(Entry { attr: Some(attr) })
+        })
+        .await
+    }
+
+    async fn mkdir(&self, request: Request<MkdirRequest>) -> Result<Response<Entry>, Status> {
+        let r = request.into_inner();
+        self.run("mkdir", &r.volume, async {
+            validate_name(&r.name)?;
+            let new = NewInode {
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+            };
+            let attr = self.meta.mkdir(&r.volume, r.parent, &r.name, new).await?;
+            Ok(Entry { attr: Some(attr) })
+        })
+        .await
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let r = request.into_inner();
+        self.run("read", &r.volume, async {
+            check_io_size(u64::from(r.size))?;
+            let mut inode = self.data.lock(&r.volume, r.ino).await;
+            let attr = self.file_attr(&r.volume, r.ino).await?;
+            let data = inode.read(attr.size, r.offset, r.size).await?;
+            self.metrics.add_read(data.len() as u64);
+            Ok(ReadResponse { data })
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let r = request.into_inner();
+        self.run("write", &r.volume, async {
+            let len = r.data.len() as u64;
+            check_io_size(len)?;
+            let mut inode = self.data.lock(&r.volume, r.ino).await;
+            let attr = self.file_attr(&r.volume, r.ino).await?;
+            inode.write(attr.size, r.offset, &r.data).await?;
+            let attr = self
+                .meta
+                .note_write(&r.volume, r.ino, r.offset + len)
+                .await?;
+            self.metrics.add_written(len);
+            Ok(WriteResponse {
+                written: len as u32,
+                attr: Some(attr),
+            })
+        })
+        .await
+    }
+
+    async fn rename(&self, request: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("rename", &r.volume, async {
+            validate_name(&r.name)?;
+            validate_name(&r.new_name)?;
+            let from = Place {
+                parent: r.parent,
+                name: &r.name,
+            };
+            let to = Place {
+                parent: r.new_parent,
+                name: &r.new_name,
+            };
+            let gone = self.meta.rename(&r.volume, from, to, r.flags).await?;
+            self.drop_data(&r.volume, gone).await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn unlink(&self, request: Request<NameRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("unlink", &r.volume, async {
+            validate_name(&r.name)?;
+            let gone = self.meta.unlink(&r.volume, r.parent, &r.name).await?;
+            self.drop_data(&r.volume, gone).await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn rmdir(&self, request: Request<NameRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("rmdir", &r.volume, async {
+            validate_name(&r.name)?;
+            self.meta.rmdir(&r.volume, r.parent, &r.name).await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn fsync(&self, request: Request<InodeRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("fsync", &r.volume, async {
+            let mut inode = self.data.lock(&r.volume, r.ino).await;
+            self.meta.get_attr(&r.volume, r.ino).await?;
+            inode.flush().await?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn stat_fs(
+        &self,
+        request: Request<VolumeRequest>,
+    ) -> Result<Response<StatFsResponse>, Status> {
+        let r = request.into_inner();
+        self.run("statfs", &r.volume, async {
+            let (files, bytes) = self.meta.usage(&r.volume).await?;
+            let used = bytes.div_ceil(u64::from(STATFS_BSIZE));
+            Ok(StatFsResponse {
+                blocks: STATFS_BLOCKS,
+                bfree: STATFS_BLOCKS.saturating_sub(used),
+                files: STATFS_FILES,
+                ffree: STATFS_FILES.saturating_sub(files),
+                bsize: STATFS_BSIZE,
+                namelen: crate::names::NAME_MAX as u32,
+            })
+        })
+        .await
+    }
+}
