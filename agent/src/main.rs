@@ -1,0 +1,95 @@
+//! `berth-agent`: the web worker daemon (see the library docs for how it works).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_agent::Config;
+use clap::Parser;
+
+/// Berth web worker daemon: runs the sites the controller assigns to this worker.
+#[derive(Debug, Parser)]
+#[command(name = "berth-agent", version)]
+struct Args {
+    /// Controller gRPC address.
+    #[arg(
+        long,
+        env = "BERTH_CONTROLLER",
+        default_value = "http://127.0.0.1:7701"
+    )]
+    controller: String,
+    /// sandboxd Unix socket.
+    #[arg(long)]
+    sandboxd_socket: PathBuf,
+    /// File server gRPC address (given to `berth-fsd mount --server`).
+    #[arg(long, default_value = "http://127.0.0.1:7702")]
+    fsd: String,
+    /// The `berth-fsd` binary (default: next to this executable).
+    #[arg(long)]
+    fsd_bin: Option<PathBuf>,
+    /// Ingress address front ends forward requests to.
+    #[arg(long, default_value = "127.0.0.1:7703")]
+    ingress_listen: SocketAddr,
+    /// Ingress address announced to the controller (default: --ingress-listen).
+    #[arg(long)]
+    ingress_advertise: Option<String>,
+    /// Prometheus /metrics address.
+    #[arg(long, default_value = "127.0.0.1:7704")]
+    metrics_listen: SocketAddr,
+    /// State directory (image store, instance root filesystems, /home mounts, logs).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Worker name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Instances this worker offers to run.
+    #[arg(long, default_value_t = 32)]
+    capacity: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating --state-dir {}", args.state_dir.display()))?;
+    let state_dir = std::fs::canonicalize(&args.state_dir)
+        .with_context(|| format!("resolving --state-dir {}", args.state_dir.display()))?;
+    let fsd_bin = match args.fsd_bin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("finding this executable to locate berth-fsd next to it")?
+            .with_file_name("berth-fsd"),
+    };
+    let name = match args.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name (pass --name)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let cfg = Config {
+        controller: args.controller,
+        sandboxd_socket: args.sandboxd_socket,
+        fsd: args.fsd,
+        fsd_bin,
+        ingress_advertise: args
+            .ingress_advertise
+            .unwrap_or_else(|| args.ingress_listen.to_string()),
+        ingress_listen: args.ingress_listen,
+        metrics_listen: args.metrics_listen,
+        state_dir,
+        name,
+        capacity: args.capacity,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(berth_agent::run(cfg))
+}

@@ -1,0 +1,240 @@
+//! Shared state of the agent: configuration, clients, the table of local instances the
+//! ingress and the heartbeat read, and the queue of state reports for the controller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_api::control::{InstanceReport, InstanceState};
+use tokio::sync::Notify;
+
+use crate::image::Images;
+use crate::ingress::pool::Pool;
+use crate::metrics::{Metrics, StateLabels};
+use crate::netns::HostNetns;
+use crate::sandbox::SandboxClient;
+use crate::volumes::Volumes;
+
+/// Everything the agent is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Controller gRPC URL, e.g. `http://127.0.0.1:7701`.
+    pub controller: String,
+    pub sandboxd_socket: PathBuf,
+    /// File server gRPC URL handed to `berth-fsd mount --server`.
+    pub fsd: String,
+    pub fsd_bin: PathBuf,
+    pub ingress_listen: SocketAddr,
+    /// Address front ends use to reach the ingress (defaults to the listen address).
+    pub ingress_advertise: String,
+    pub metrics_listen: SocketAddr,
+    /// Absolute path of the agent's state directory.
+    pub state_dir: PathBuf,
+    pub name: String,
+    pub capacity: u32,
+}
+
+impl Config {
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+    pub fn instances_dir(&self) -> PathBuf {
+        self.state_dir.join("instances")
+    }
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.instances_dir().join(id)
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.logs_dir().join(format!("{id}.log"))
+    }
+}
+
+/// Name of an instance's network namespace under /run/netns.
+pub fn netns_name(instance_id: &str) -> String {
+    format!("berth-{instance_id}")
+}
+
+/// What the ingress and the heartbeat see of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    pub site: String,
+    pub generation: u64,
+    pub state: InstanceState,
+    pub message: String,
+    pub port: u16,
+    pub netns: PathBuf,
+    /// Changes on every (re)start, so pooled connections of an old run are never reused.
+    pub epoch: u64,
+}
+
+/// The agent as a whole, shared by its tasks.
+pub struct Agent {
+    pub cfg: Config,
+    pub host_netns: Arc<HostNetns>,
+    pub sandboxes: SandboxClient,
+    pub volumes: Volumes,
+    pub images: Images,
+    pub metrics: Arc<Metrics>,
+    pub pool: Pool,
+    instances: RwLock<HashMap<String, InstanceView>>,
+    reports: Mutex<BTreeMap<String, InstanceReport>>,
+    pub reports_ready: Notify,
+    epochs: AtomicU64,
+}
+
+impl Agent {
+    pub fn new(
+        cfg: Config,
+        host_netns: HostNetns,
+        sandboxes: SandboxClient,
+        volumes: Volumes,
+        images: Images,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cfg,
+            host_netns: Arc::new(host_netns),
+            sandboxes,
+            volumes,
+            images,
+            metrics,
+            pool: Pool::default(),
+            instances: RwLock::new(HashMap::new()),
+            reports: Mutex::new(BTreeMap::new()),
+            reports_ready: Notify::new(),
+            epochs: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh epoch for a new run of an instance.
+    pub fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Looks up an instance for the ingress.
+    pub fn instance(&self, id: &str) -> Option<InstanceView> {
+        self.instances
+            .read()
+            .expect("instance table lock poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    /// Records a new state for an instance and queues a report to the controller.
+    pub fn set_state(&self, id: &str, view: InstanceView) {
+        let report = InstanceReport {
+            worker_id: String::new(),
+            instance_id: id.to_string(),
+            state: view.state as i32,
+            message: view.message.clone(),
+            generation: view.generation,
+        };
+        {
+            let mut table = self
+                .instances
+                .write()
+                .expect("instance table lock poisoned");
+            table.insert(id.to_string(), view);
+            self.refresh_gauges(&table);
+        }
+        self.queue_report(report);
+    }
+
+    /// Forgets a stopped instance and queues its STOPPED report.
+    pub fn remove(&self, id: &str, generation: u64) {
+        {
+            let mut table = self
+                .instances
+                .write()
+                .expect("instance table lock poisoned");
+            table.remove(id);
+            self.refresh_gauges(&table);
+        }
+        self.pool.forget(id);
+        self.queue_report(InstanceReport {
+            worker_id: String::new(),
+            instance_id: id.to_string(),
+            state: InstanceState::Stopped as i32,
+            message: "stopped".to_string(),
+            generation,
+        });
+    }
+
+    fn refresh_gauges(&self, table: &HashMap<String, InstanceView>) {
+        for state in [
+            InstanceState::Starting,
+            InstanceState::Ready,
+            InstanceState::Failed,
+        ] {
+            let n = table.values().filter(|v| v.state == state).count();
+            self.metrics
+                .instances
+                .get_or_create(&StateLabels {
+                    state: state_label(state),
+                })
+                .set(n as i64);
+        }
+    }
+
+    fn queue_report(&self, report: InstanceReport) {
+        self.reports
+            .lock()
+            .expect("report queue lock poisoned")
+            .insert(report.instance_id.clone(), report);
+        self.reports_ready.notify_one();
+    }
+
+    /// Takes the queued reports (latest per instance).
+    pub fn take_reports(&self) -> Vec<InstanceReport> {
+        std::mem::take(&mut *self.reports.lock().expect("report queue lock poisoned"))
+            .into_values()
+            .collect()
+    }
+
+    /// Puts back reports that could not be delivered, unless a newer one was queued.
+    pub fn requeue_reports(&self, reports: Vec<InstanceReport>) {
+        let mut q = self.reports.lock().expect("report queue lock poisoned");
+        for r in reports {
+            q.entry(r.instance_id.clone()).or_insert(r);
+        }
+    }
+
+    /// Current state of every local instance (for heartbeats).
+    pub fn snapshot(&self, worker_id: &str) -> Vec<InstanceReport> {
+        let mut out: Vec<InstanceReport> = self
+            .instances
+            .read()
+            .expect("instance table lock poisoned")
+            .iter()
+            .map(|(id, v)| InstanceReport {
+                worker_id: worker_id.to_string(),
+                instance_id: id.clone(),
+                state: v.state as i32,
+                message: v.message.clone(),
+                generation: v.generation,
+            })
+            .collect();
+        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        out
+    }
+}
+
+/// Lower-case label of a state.
+pub fn state_label(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Unspecified => "unspecified",
+        InstanceState::Pending => "pending",
+        InstanceState::Starting => "starting",
+        InstanceState::Ready => "ready",
+        InstanceState::Failed => "failed",
+        InstanceState::Stopped => "stopped",
+    }
+}
