@@ -31,11 +31,9 @@ struct Args {
     metrics_listen: SocketAddr,
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(filter: EnvFilter) {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -43,7 +41,10 @@ fn init_tracing(default: &str) {
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args_os();
     if argv.nth(1).as_deref() == Some(std::ffi::OsStr::new(berth_sandboxd::HELPER_ARG)) {
-        init_tracing("warn");
+        // libcgroups warns about every controller this kernel lacks, on every call.
+        let filter = EnvFilter::try_from_env("BERTH_SANDBOXD_HELPER_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("warn,libcgroups=error"));
+        init_tracing(filter);
         let arg = argv
             .next()
             .and_then(|a| a.into_string().ok())
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let args = Args::parse();
-    init_tracing("info");
+    init_tracing(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

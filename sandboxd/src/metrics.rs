@@ -54,7 +54,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let running = Gauge::default();
         let create_seconds =
-            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let starts = Counter::default();
         let failures = Counter::default();
         registry.register(

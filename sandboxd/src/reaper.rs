@@ -157,44 +157,30 @@ impl Reaper {
 mod tests {
     use super::*;
 
+    /// Spawns a command and leaves the waiting to the reaper.
+    fn spawn(program: &str, args: &[&str]) -> i32 {
+        std::process::Command::new(program)
+            .args(args)
+            .spawn()
+            .unwrap()
+            .id() as i32
+    }
+
     #[tokio::test]
     async fn reaps_exit_codes_and_signals() {
         let reaper = Reaper::start().unwrap();
-        let ok = std::process::Command::new("/bin/sh")
-            .args(["-c", "exit 3"])
-            .spawn()
-            .unwrap();
-        let killed = std::process::Command::new("/bin/sh")
-            .args(["-c", "kill -9 $$"])
-            .spawn()
-            .unwrap();
-        let code = reaper
-            .wait(ok.id() as i32, Some(Duration::from_secs(10)))
-            .await;
-        assert_eq!(code, Some(3));
-        let code = reaper
-            .wait(killed.id() as i32, Some(Duration::from_secs(10)))
-            .await;
-        assert_eq!(code, Some(128 + 9));
-        reaper.forget(ok.id() as i32);
-        assert_eq!(reaper.exit_code(ok.id() as i32), None);
+        let ok = spawn("/bin/sh", &["-c", "exit 3"]);
+        let killed = spawn("/bin/sh", &["-c", "kill -9 $$"]);
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(reaper.wait(ok, secs(10)).await, Some(3));
+        assert_eq!(reaper.wait(killed, secs(10)).await, Some(128 + 9));
+        reaper.forget(ok);
+        assert_eq!(reaper.exit_code(ok), None);
 
-        let slow = std::process::Command::new("/bin/sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let code = reaper
-            .wait(slow.id() as i32, Some(Duration::from_millis(50)))
-            .await;
+        let slow = spawn("/bin/sleep", &["5"]);
+        let code = reaper.wait(slow, Some(Duration::from_millis(50))).await;
         assert_eq!(code, None);
-        nix::sys::signal::kill(
-            Pid::from_raw(slow.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        let code = reaper
-            .wait(slow.id() as i32, Some(Duration::from_secs(10)))
-            .await;
-        assert_eq!(code, Some(137));
+        nix::sys::signal::kill(Pid::from_raw(slow), nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert_eq!(reaper.wait(slow, secs(10)).await, Some(137));
     }
 }

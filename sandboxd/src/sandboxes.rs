@@ -234,7 +234,7 @@ impl Sandboxes {
 
     /// Waits in the background for the init to exit and records it.
     fn watch(self: Arc<Self>, id: String, pid: i32, child: bool) {
-        let span = tracing::info_span!("watch", sandbox = %id, pid);
+        let span = tracing::info_span!(parent: None, "watch", sandbox = %id, pid);
         tokio::spawn(
             async move {
                 let code = self.wait_exit(pid, child, None).await.unwrap_or(-1);

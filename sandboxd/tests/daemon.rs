@@ -1,0 +1,438 @@
+//! End-to-end test of the daemon binary on the real kernel: a busybox rootfs, a
+//! network namespace, the gRPC service over its Unix socket, cgroups v1/v2.
+//! Needs root; fails loudly without it.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_api::sandbox::sandboxes_client::SandboxesClient;
+use berth_api::sandbox::{
+    BindMount, CreateRequest, ListRequest, Resources, SandboxId, SandboxStatus, StopRequest,
+};
+use tonic::transport::Channel;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "sandboxd integration tests need root (namespaces, cgroups, mounts): run as root"
+    );
+}
+
+fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}-{nanos:x}", std::process::id())
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        run("ip", &["netns", "add", &name]);
+        let ns = Self(name);
+        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The daemon process, terminated on drop.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    metrics: String,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let socket = dir.join("sandboxd.sock");
+        let metrics = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-sandboxd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--metrics-listen")
+            .arg(&metrics)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawning berth-sandboxd");
+        Self {
+            child: Some(child),
+            socket,
+            metrics,
+        }
+    }
+
+    async fn client(&self) -> SandboxesClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.socket.exists() {
+                if let Ok(c) = berth_sandboxd::connect(&self.socket).await {
+                    return c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandboxd did not come up in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = std::net::TcpStream::connect(&self.metrics).expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandboxd ignored SIGTERM for 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("copying /bin/busybox (install busybox-static)");
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for applet in [
+        "sh", "sleep", "cat", "id", "ps", "echo", "touch", "hostname", "ls", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+}
+
+fn wait_for_log(path: &Path, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().all(|n| log.contains(n)) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log {} lacks {needles:?} after 10 s; it holds:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn memory_cgroup(site: &str, id: &str) -> PathBuf {
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/berth/{site}/{id}"));
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        v1
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/berth/{site}/{id}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_lifecycle() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let u = unique();
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("marker.txt"), "bind-mount-visible\n").unwrap();
+    let netns = Netns::new(format!("berth-test-{u}"));
+
+    let mut daemon = Daemon::start(dir);
+    let mut client = daemon.client().await;
+    let site = format!("itsite-{u}");
+    let id = format!("it-{u}");
+    let log = dir.join("app.log");
+
+    // Refused requests.
+    let mut bad = CreateRequest {
+        id: "Bad_Id".into(),
+        site: site.clone(),
+        rootfs: rootfs.to_str().unwrap().into(),
+        netns_path: netns.path(),
+        args: vec!["/bin/true".into()],
+        log_path: log.to_str().unwrap().into(),
+        ..Default::default()
+    };
+    let err = client.create(bad.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    bad.id = id.clone();
+    bad.rootfs = dir.join("missing").to_str().unwrap().into();
+    let err = client.create(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("rootfs"), "{err}");
+
+    let script = "echo hello-out; echo hello-err >&2; cat /data/marker.txt; \
+                  touch /tmp/ok && echo tmp-writable; echo host=$(hostname); \
+                  echo uid=$(id -u); sleep 1000";
+    let req = CreateRequest {
+        id: id.clone(),
+        site: site.clone(),
+        rootfs: rootfs.to_str().unwrap().into(),
+        netns_path: netns.path(),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["GREETING=hi".into()],
+        cwd: "/".into(),
+        hostname: "box".into(),
+        mounts: vec![BindMount {
+            source: shared.to_str().unwrap().into(),
+            destination: "/data".into(),
+            read_only: true,
+        }],
+        resources: Some(Resources {
+            memory_bytes: 64 << 20,
+            cpu_millis: 500,
+            pids_max: 64,
+        }),
+        log_path: log.to_str().unwrap().into(),
+        uid: 0,
+        gid: 0,
+    };
+    let t = Instant::now();
+    let created = client.create(req.clone()).await.unwrap().into_inner();
+    let create_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(created.status, SandboxStatus::Created as i32);
+    assert!(created.pid > 0);
+    let err = client.create(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+
+    let t = Instant::now();
+    let started = client
+        .start(SandboxId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let start_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("timing: create {create_ms:.1} ms, start {start_ms:.1} ms (helper re-exec included)");
+    assert_eq!(started.status, SandboxStatus::Running as i32);
+    let pid = started.pid;
+
+    let out = wait_for_log(
+        &log,
+        &[
+            "hello-out",
+            "hello-err",
+            "bind-mount-visible",
+            "tmp-writable",
+            "host=box",
+            "uid=0",
+        ],
+    );
+    eprintln!("app log:\n{out}");
+
+    // Own pid namespace; the init is re-parented to sandboxd.
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    assert_ne!(ns, ours, "sandbox shares our pid namespace");
+    let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let want_net = std::fs::metadata(netns.path()).unwrap();
+    assert!(
+        net.to_str()
+            .unwrap()
+            .contains(&std::os::unix::fs::MetadataExt::ino(&want_net).to_string()),
+        "sandbox is not in the given netns: {net:?}"
+    );
+
+    // Cgroup with the memory limit.
+    let memcg = memory_cgroup(&site, &id);
+    assert!(memcg.is_dir(), "no cgroup at {}", memcg.display());
+    let limit_file = if memcg.join("memory.limit_in_bytes").exists() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    let limit = std::fs::read_to_string(memcg.join(limit_file)).unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let procs = std::fs::read_to_string(memcg.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "init {pid} not in {procs}"
+    );
+
+    let metrics = daemon.metrics();
+    assert!(metrics.contains("sandboxes_running 1"), "{metrics}");
+    assert!(metrics.contains("sandbox_starts_total 1"), "{metrics}");
+
+    let list = client.list(ListRequest {}).await.unwrap().into_inner();
+    assert_eq!(list.sandboxes.len(), 1);
+
+    // sh as pid 1 ignores SIGTERM: killed after the grace period.
+    let t = Instant::now();
+    let stopped = client
+        .stop(StopRequest {
+            id: id.clone(),
+            grace_ms: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stop_elapsed = t.elapsed();
+    assert!(
+        stop_elapsed < Duration::from_secs(5),
+        "stop took {stop_elapsed:?}"
+    );
+    assert_eq!(stopped.status, SandboxStatus::Stopped as i32);
+    assert_eq!(stopped.exit_code, 128 + 9);
+    assert!(!stopped.oom_killed);
+    assert!(!alive(pid), "init {pid} survived Stop");
+    let procs = std::fs::read_to_string(memcg.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.trim().is_empty(),
+        "cgroup not empty after stop: {procs}"
+    );
+
+    client.delete(SandboxId { id: id.clone() }).await.unwrap();
+    assert!(
+        !memcg.exists(),
+        "cgroup {} left after delete",
+        memcg.display()
+    );
+    assert!(!Path::new(&format!("/sys/fs/cgroup/pids/berth/{site}/{id}")).exists());
+    assert!(!dir.join("state/bundles").join(&id).exists());
+    assert!(!dir.join("state/containers").join(&id).exists());
+    client.delete(SandboxId { id: id.clone() }).await.unwrap();
+    let err = client.get(SandboxId { id: id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // An app that handles SIGTERM exits within the grace period with its own code;
+    // Delete stops a running sandbox by itself.
+    let id2 = format!("it2-{u}");
+    let log2 = dir.join("app2.log");
+    let req2 = CreateRequest {
+        id: id2.clone(),
+        site: site.clone(),
+        rootfs: rootfs.to_str().unwrap().into(),
+        netns_path: netns.path(),
+        args: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.05; done".into(),
+        ],
+        log_path: log2.to_str().unwrap().into(),
+        ..Default::default()
+    };
+    client.create(req2).await.unwrap();
+    let pid2 = client
+        .start(SandboxId { id: id2.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    wait_for_log(&log2, &["ready"]);
+    let stopped = client
+        .stop(StopRequest {
+            id: id2.clone(),
+            grace_ms: 5000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.exit_code, 7, "{stopped:?}");
+    wait_for_log(&log2, &["got-term"]);
+    assert!(!alive(pid2));
+    client.delete(SandboxId { id: id2.clone() }).await.unwrap();
+    assert!(!memory_cgroup(&site, &id2).exists());
+
+    // A created-but-never-started sandbox is deleted directly.
+    let id3 = format!("it3-{u}");
+    let created = client
+        .create(CreateRequest {
+            id: id3.clone(),
+            site: site.clone(),
+            rootfs: rootfs.to_str().unwrap().into(),
+            netns_path: netns.path(),
+            args: vec!["/bin/true".into()],
+            log_path: dir.join("app3.log").to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client.delete(SandboxId { id: id3.clone() }).await.unwrap();
+    assert!(!alive(created.pid));
+    assert!(!memory_cgroup(&site, &id3).exists());
+    let list = client.list(ListRequest {}).await.unwrap().into_inner();
+    assert!(list.sandboxes.is_empty(), "{list:?}");
+    let metrics = daemon.metrics();
+    assert!(metrics.contains("sandboxes_running 0"), "{metrics}");
+
+    drop(client);
+    let status = daemon.terminate();
+    assert!(status.success(), "sandboxd exited with {status}");
+    assert!(!daemon.socket.exists(), "socket left after shutdown");
+    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
+    }
+}
