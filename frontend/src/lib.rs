@@ -24,3 +24,20 @@ pub mod watch;
 pub use metrics::Metrics;
 pub use server::{run, Config, ServeError};
 pub use table::RouteTable;
+
+/// `error: cause: cause` on one line, for logs (tonic and hyper put the useful part of
+/// an error in its sources).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !out.ends_with(&cause_text) {
+            out.push_str(": ");
+            out.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    out
+}

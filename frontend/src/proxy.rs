@@ -22,9 +22,9 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, field, info_span, warn, Instrument, Span};
 
 use crate::body::{RetryableBody, UpstreamBody};
-use crate::host;
 use crate::metrics::Metrics;
 use crate::table::{RouteTable, Site};
+use crate::{error_chain, host};
 
 /// Body of responses to clients: an upstream body streamed through, or a short one of
 /// our own (errors).
@@ -112,8 +112,23 @@ impl Proxy {
                     .into(),
             );
         };
-        let site = self.table.load().lookup(&host).cloned();
+        let (site, loaded) = {
+            let table = self.table.load();
+            (table.lookup(&host).cloned(), table.is_loaded())
+        };
         let Some(site) = site else {
+            if !loaded {
+                self.metrics
+                    .unrouted()
+                    .observe(StatusCode::SERVICE_UNAVAILABLE);
+                let mut resp = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the front end has not received its routing table from the controller yet: try again in a few seconds\n".into(),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return resp;
+            }
             self.metrics.unrouted().observe(StatusCode::NOT_FOUND);
             return text(
                 StatusCode::NOT_FOUND,
@@ -156,7 +171,6 @@ impl Proxy {
         let attempts = site.endpoints.len().min(2);
         for attempt in 0..attempts {
             let endpoint = &site.endpoints[(first + attempt) % site.endpoints.len()];
-            span.record("instance", &*endpoint.instance_id);
             let Some(body) = body.attempt() else { break };
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(Scheme::HTTP);
@@ -175,7 +189,11 @@ impl Proxy {
             *up.headers_mut() = headers;
 
             let started = Instant::now();
-            match self.client.request(up).await {
+            let result = self.client.request(up).await;
+            if result.is_ok() || attempt + 1 == attempts {
+                span.record("instance", &*endpoint.instance_id);
+            }
+            match result {
                 Ok(resp) => {
                     self.metrics
                         .upstream_latency
@@ -186,7 +204,7 @@ impl Proxy {
                 }
                 Err(err) if err.is_connect() => {
                     self.metrics.connect_errors.inc();
-                    warn!(addr = %endpoint.authority, error = %error_chain(&err), "could not connect to instance");
+                    warn!(instance = %endpoint.instance_id, addr = %endpoint.authority, error = %error_chain(&err), "could not connect to instance");
                 }
                 Err(err) => {
                     warn!(addr = %endpoint.authority, error = %error_chain(&err), "forwarding to instance failed");
@@ -307,18 +325,6 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// `error: cause: cause` on one line, for logs.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -62,6 +62,12 @@ impl RouteTable {
         self.hosts.get(host)
     }
 
+    /// Whether this table came from the controller (revision 0 is the empty table the
+    /// front end starts with; the controller never sends it).
+    pub fn is_loaded(&self) -> bool {
+        self.revision > 0
+    }
+
     /// Number of sites (not hostnames) in the table.
     pub fn site_count(&self) -> usize {
         self.sites

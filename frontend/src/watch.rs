@@ -86,7 +86,7 @@ impl RouteWatcher {
                 backoff = MIN_BACKOFF;
             }
             warn!(
-                error = %err,
+                error = %crate::error_chain(&err),
                 revision = self.table.load().revision,
                 retry_in_ms = backoff.as_millis() as u64,
                 "routes watch interrupted, keeping the last routing table"
