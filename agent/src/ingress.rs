@@ -54,7 +54,10 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(agent.clone(), peer, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
                 debug!(%peer, error = %e, "ingress connection ended with an error");
             }
         });
@@ -127,6 +130,18 @@ async fn route(agent: &Arc<Agent>, instance: &str, req: Request<Incoming>) -> Re
                 crate::state::state_label(view.state)
             ),
         );
+    }
+    if is_upgrade(&req) {
+        return match upgrade(agent, &view, req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                warn!(error = %e, "upgrade to the app failed");
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{{\"error\":\"the app of instance {instance:?} did not answer\"}}\n"),
+                )
+            }
+        };
     }
     let req = prepare_request(req);
     match forward(agent, instance, &view, req).await {
@@ -260,6 +275,75 @@ async fn forward(
         }
     });
     Ok(resp)
+}
+
+/// True for an HTTP/1.1 protocol upgrade request (WebSocket and friends).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Relays an upgrade request on a dedicated connection; on `101 Switching Protocols`
+/// both upgraded streams are spliced together.
+async fn upgrade(
+    agent: &Arc<Agent>,
+    view: &InstanceView,
+    mut req: Request<Incoming>,
+) -> anyhow::Result<Response<Body>> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+    let mut req = prepare_request(req);
+    if let Some(v) = upgrade_value {
+        req.headers_mut().insert(header::UPGRADE, v);
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, view.port));
+    let stream = netns::connect_in_async(
+        agent.host_netns.clone(),
+        view.netns.clone(),
+        addr,
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Incoming>(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "app upgrade connection ended with an error");
+        }
+    });
+    let mut resp = sender.send_request(req).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(prepare_response(resp));
+    }
+    let app_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(
+        async move {
+            match tokio::try_join!(client_upgrade, app_upgrade) {
+                Ok((client, app)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut app = TokioIo::new(app);
+                    match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+                        Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
+                        Err(e) => debug!(error = %e, "upgraded connection broke"),
+                    }
+                }
+                Err(e) => debug!(error = %e, "upgrade did not complete"),
+            }
+        }
+        .in_current_span(),
+    );
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 #[cfg(test)]

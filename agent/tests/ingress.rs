@@ -50,7 +50,28 @@ async fn start_app(ns: &std::path::Path) -> (u16, Arc<AtomicUsize>) {
             let (s, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    if req.uri().path() == "/ws" {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let up = on.await.expect("app side upgrade");
+                            let mut io = TokioIo::new(up);
+                            let mut buf = [0u8; 4];
+                            tokio::io::AsyncReadExt::read_exact(&mut io, &mut buf)
+                                .await
+                                .unwrap();
+                            tokio::io::AsyncWriteExt::write_all(&mut io, &buf)
+                                .await
+                                .unwrap();
+                        });
+                        let resp = Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let leaked: Vec<String> = req
                         .headers()
                         .keys()
@@ -75,6 +96,7 @@ async fn start_app(ns: &std::path::Path) -> (u16, Arc<AtomicUsize>) {
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -210,6 +232,38 @@ async fn ingress_forwards_into_the_namespace() {
     let before = conns.load(Ordering::SeqCst);
     assert_eq!(h1(addr, req(Some("hello-1"), "/again", "")).await.0, 200);
     assert_eq!(conns.load(Ordering::SeqCst), before + 1);
+
+    // Protocol upgrade (WebSocket-style) is spliced through.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /ws HTTP/1.1\r\nhost: hello.localhost\r\nx-berth-instance: hello-1\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut byte)
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"ping")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf),
+    )
+    .await
+    .expect("echo through the upgraded connection")
+    .unwrap();
+    assert_eq!(&buf, b"ping");
 
     let text = metrics.encode();
     assert!(
