@@ -162,7 +162,8 @@ impl Proxy {
         };
         let (parts, body) = req.into_parts();
         let body = RetryableBody::new(body);
-        let mut headers = upstream_headers(&parts, site, conn);
+        // Built again only for a retry, which is rare, rather than cloned up front.
+        let mut headers = Some(upstream_headers(&parts, site, conn));
         let path = parts
             .uri
             .path_and_query()
@@ -180,11 +181,9 @@ impl Proxy {
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a uri");
             *up.version_mut() = Version::HTTP_11;
-            let mut headers = if attempt + 1 < attempts {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
+            let mut headers = headers
+                .take()
+                .unwrap_or_else(|| upstream_headers(&parts, site, conn));
             headers.insert(&X_BERTH_INSTANCE, endpoint.instance_header.clone());
             *up.headers_mut() = headers;
 

@@ -106,7 +106,7 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let client = ClientConn::new(peer.ip());
+        let client = ClientConn::new(peer.ip().to_canonical());
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let client = client.clone();

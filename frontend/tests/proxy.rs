@@ -19,6 +19,7 @@ async fn routes_retries_and_survives_controller_loss() {
     let one = start_upstream("one").await;
     let two = start_upstream("two").await;
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let closer = start_closer().await;
 
     let controller = Controller::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -59,6 +60,8 @@ async fn routes_retries_and_survives_controller_loss() {
             ("alpha", &[("a1", one), ("a2", two)]),
             ("beta", &[("b1", one), ("b-dead", dead), ("b2", two)]),
             ("gamma", &[]),
+            ("delta", &[("d1", closer)]),
+            ("epsilon", &[("e1", dead)]),
         ],
     ));
     eventually("gamma to be known (revision 2)", WAIT, || async move {
@@ -141,6 +144,17 @@ async fn routes_retries_and_survives_controller_loss() {
         "both live endpoints should serve beta: {seen:?}"
     );
 
+    // The instance takes the request and hangs up -> 502; nothing accepts -> 502.
+    let r = get(addr, "delta.localhost", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(r.body.contains("site delta failed to answer"), "{r:?}");
+    let r = get(addr, "epsilon.localhost", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(
+        r.body.contains("site epsilon could not be reached"),
+        "{r:?}"
+    );
+
     // HTTP/2 with prior knowledge; :authority is the host.
     let r = get_h2(addr, "alpha.localhost", "/h2?y=2").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -153,7 +167,7 @@ async fn routes_retries_and_survives_controller_loss() {
     let text = metrics(fe.metrics).await;
     for want in [
         "berth_frontend_routing_table_revision 2",
-        "berth_frontend_sites 3",
+        "berth_frontend_sites 5",
         r#"berth_frontend_requests_total{site="alpha",class="2xx"}"#,
         r#"berth_frontend_requests_total{site="gamma",class="5xx"}"#,
         r#"berth_frontend_requests_total{site="-",class="4xx"}"#,

@@ -231,6 +231,26 @@ pub async fn start_upstream(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// An upstream that reads the request and closes the connection without answering.
+pub async fn start_closer() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a test upstream");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
 // ---------------------------------------------------------------- front end
 
 /// The `berth-frontend` binary, killed on drop.
