@@ -98,10 +98,18 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(ApiFailure::invalid(format!(
-                "{}: send a JSON body with content-type application/json",
-                rejection.body_text()
-            ))),
+            Err(rejection) => {
+                let hint = match &rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        "send the body as JSON with content-type application/json"
+                    }
+                    _ => "fix the request body (see the API reference for the fields)",
+                };
+                Err(ApiFailure::invalid(format!(
+                    "{}: {hint}",
+                    rejection.body_text()
+                )))
+            }
         }
     }
 }
