@@ -368,7 +368,8 @@ mod tests {
 
     #[test]
     fn parses_valid_references() {
-        let cases: &[(&str, &str, &str, Option<&str>, bool, &str)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, &'a str);
+        let cases: &[Case<'_>] = &[
             // input, registry, repository, tag, has digest, display
             (
                 "127.0.0.1:5000/hello:1",

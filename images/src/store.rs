@@ -1,0 +1,543 @@
+//! The on-disk image store: blobs, layer snapshots and image records.
+//!
+//! Layout under the store root:
+//! - `blobs/sha256/<hex>`: verified content (manifests, configs, layer tarballs);
+//! - `snapshots/<layer-hex>/`: each layer unpacked once, shared read-only by every
+//!   image and instance that uses it (overlay lower dirs);
+//! - `images/<manifest-hex>.json`: a pulled image (config and layer list); its presence
+//!   means every blob and snapshot it names is complete;
+//! - `tmp/`: work in progress, named `<pid>-...`; `locks/`: per-digest lock files.
+//!
+//! Crash safety: everything is built under `tmp/`, fsynced, then renamed into place, so
+//! nothing partial ever appears complete. Concurrent pulls of one layer (threads or
+//! processes) serialize on a `flock` of `locks/<hex>.lock`. This module never modifies
+//! a snapshot after its rename.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, instrument, warn};
+
+use crate::client::{ClientError, ClientOptions, RegistryClient};
+use crate::manifest::{Descriptor, ImageConfig};
+use crate::reference::{Digest, Reference};
+use crate::unpack::{unpack_layer, UnpackError, UnpackLimits};
+
+/// Layers downloaded and unpacked at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 3;
+/// Progress events for a layer are sent at most every this many bytes.
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Errors from the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("image store: {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("unpacking layer {layer} of {image}: {source}")]
+    Unpack {
+        image: String,
+        layer: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("image record {path} is corrupt: {source}: delete it and pull again")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image store task failed: {0}")]
+    Task(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a pull is doing, for logs and progress output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PullEvent {
+    /// The image was already in the store: nothing to fetch.
+    Cached {
+        manifest_digest: Digest,
+    },
+    /// The manifest and config were fetched and verified.
+    Resolved {
+        manifest_digest: Digest,
+        layers: usize,
+        total_bytes: u64,
+    },
+    /// A layer's snapshot already existed.
+    LayerCached {
+        digest: Digest,
+    },
+    LayerDownloading {
+        digest: Digest,
+        size: u64,
+    },
+    LayerProgress {
+        digest: Digest,
+        downloaded: u64,
+        size: u64,
+    },
+    LayerDownloaded {
+        digest: Digest,
+        size: u64,
+    },
+    LayerUnpacked {
+        digest: Digest,
+        entries: u64,
+    },
+    Done {
+        manifest_digest: Digest,
+    },
+}
+
+/// An image ready to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledImage {
+    /// The image pinned to its manifest digest (`host/repo@sha256:...`).
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub config: ImageConfig,
+    /// Layer descriptors, lowest first.
+    pub layers: Vec<Descriptor>,
+    /// Snapshot directories, lowest layer first.
+    pub snapshot_dirs: Vec<PathBuf>,
+}
+
+/// What `images/<hex>.json` holds.
+#[derive(Serialize, Deserialize)]
+struct ImageRecord {
+    reference: Reference,
+    manifest_digest: Digest,
+    config_digest: Digest,
+    config: ImageConfig,
+    layers: Vec<Descriptor>,
+}
+
+/// Holds a per-digest `flock` until dropped.
+struct DigestLock {
+    _lock: Flock<File>,
+}
+
+/// The image store rooted at one directory.
+#[derive(Clone, Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    limits: UnpackLimits,
+    concurrency: usize,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+impl ImageStore {
+    /// Open (creating if needed) the store at `root`, clearing work left by dead processes.
+    pub fn open(root: &Path) -> Result<ImageStore, StoreError> {
+        for sub in ["blobs/sha256", "snapshots", "images", "tmp", "locks"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        let store = ImageStore {
+            root: root.to_path_buf(),
+            limits: UnpackLimits::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+        };
+        store.clean_tmp()?;
+        Ok(store)
+    }
+
+    /// Use other unpack limits (tests, small workers).
+    pub fn with_limits(mut self, limits: UnpackLimits) -> ImageStore {
+        self.limits = limits;
+        self
+    }
+
+    /// Download and unpack up to `n` layers at once.
+    pub fn with_concurrency(mut self, n: usize) -> ImageStore {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the blob with `digest` (it may not exist).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Path of the snapshot of layer `digest` (it may not exist).
+    pub fn snapshot_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("snapshots").join(layer.hex())
+    }
+
+    fn record_path(&self, manifest: &Digest) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{}.json", manifest.hex()))
+    }
+
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}-{nanos}-{what}", std::process::id()))
+    }
+
+    /// Remove `tmp/` entries whose creating process is gone.
+    fn clean_tmp(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("tmp");
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                    .map_or_else(|e| e != nix::errno::Errno::ESRCH, |_| true)
+            });
+            if !alive {
+                let p = e.path();
+                warn!(path = %p.display(), "removing leftover of an interrupted pull");
+                let res = if p.is_dir() && !p.is_symlink() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                res.map_err(io_err("removing", &p))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn lock(&self, digest: &Digest) -> Result<DigestLock, StoreError> {
+        let path = self
+            .root
+            .join("locks")
+            .join(format!("{}.lock", digest.hex()));
+        tokio::task::spawn_blocking(move || {
+            let f = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("opening lock", &path))?;
+            let lock =
+                Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
+                    op: "locking",
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            Ok(DigestLock { _lock: lock })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The image with this manifest digest, if it is completely in the store.
+    pub fn get(&self, manifest_digest: &Digest) -> Result<Option<PulledImage>, StoreError> {
+        let path = self.record_path(manifest_digest);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        let rec: ImageRecord =
+            serde_json::from_slice(&data).map_err(|source| StoreError::Record {
+                path: path.clone(),
+                source,
+            })?;
+        let snapshot_dirs: Vec<PathBuf> = rec
+            .layers
+            .iter()
+            .map(|l| self.snapshot_path(&l.digest))
+            .collect();
+        if !snapshot_dirs.iter().all(|d| d.is_dir()) {
+            return Ok(None);
+        }
+        Ok(Some(PulledImage {
+            reference: rec.reference,
+            manifest_digest: rec.manifest_digest,
+            config: rec.config,
+            layers: rec.layers,
+            snapshot_dirs,
+        }))
+    }
+
+    /// Store `data` as a blob after checking it hashes to `digest`.
+    fn put_blob_bytes(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        let actual = Digest::of(data);
+        if actual != *digest {
+            return Err(ClientError::DigestMismatch {
+                image: "(store)".into(),
+                what: "blob".into(),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            }
+            .into());
+        }
+        let tmp = self.tmp_path(digest.hex());
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            io::Write::write_all(&mut f, data)?;
+            f.sync_all()
+        };
+        write().map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, &dest).map_err(io_err("renaming into place", &dest))?;
+        fsync_dir(dest.parent().expect("blob path has a parent"))
+    }
+
+    /// Pull `r` with a client built from `opts`. See [`ImageStore::pull_with`].
+    pub async fn pull(
+        &self,
+        r: &Reference,
+        opts: &ClientOptions,
+        progress: impl Fn(PullEvent) + Send + Sync,
+    ) -> Result<PulledImage, StoreError> {
+        let client = RegistryClient::new(opts.clone())?;
+        self.pull_with(&client, r, &progress).await
+    }
+
+    /// Pull `r`: resolve it, download and verify missing layers, unpack each layer once,
+    /// record the image. A pinned reference already in the store needs no network; a
+    /// tag costs one manifest request when the image is already here.
+    #[instrument(skip_all, fields(image = %r))]
+    pub async fn pull_with(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<PulledImage, StoreError> {
+        if let Some(d) = r.digest() {
+            if let Some(img) = self.get(d)? {
+                progress(PullEvent::Cached {
+                    manifest_digest: d.clone(),
+                });
+                return Ok(img);
+            }
+        }
+        let fetched = client.fetch_manifest(r).await?;
+        let manifest_digest = fetched.digest.clone();
+        if let Some(img) = self.get(&manifest_digest)? {
+            progress(PullEvent::Cached { manifest_digest });
+            return Ok(img);
+        }
+        let (config, config_bytes) = client.fetch_config(r, &fetched.manifest).await?;
+        self.put_blob_bytes(&manifest_digest, &fetched.bytes)?;
+        self.put_blob_bytes(&fetched.manifest.config.digest, &config_bytes)?;
+        let layers = fetched.manifest.layers.clone();
+        progress(PullEvent::Resolved {
+            manifest_digest: manifest_digest.clone(),
+            layers: layers.len(),
+            total_bytes: layers.iter().map(|l| l.size).sum(),
+        });
+        let pinned = r.pinned(manifest_digest.clone());
+        let snapshot_dirs: Vec<PathBuf> = futures::stream::iter(layers.iter())
+            .map(|l| self.ensure_layer(client, &pinned, l, progress))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        let rec = ImageRecord {
+            reference: pinned.clone(),
+            manifest_digest: manifest_digest.clone(),
+            config_digest: fetched.manifest.config.digest.clone(),
+            config: config.clone(),
+            layers: layers.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&rec).expect("image record serializes");
+        let tmp = self.tmp_path("record");
+        let path = self.record_path(&manifest_digest);
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            io::Write::write_all(&mut f, &json)?;
+            f.sync_all()
+        };
+        write().map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+        fsync_dir(&self.root.join("images"))?;
+        info!(digest = %manifest_digest, layers = layers.len(), "image pulled");
+        progress(PullEvent::Done {
+            manifest_digest: manifest_digest.clone(),
+        });
+        Ok(PulledImage {
+            reference: pinned,
+            manifest_digest,
+            config,
+            layers,
+            snapshot_dirs,
+        })
+    }
+
+    /// Make sure layer `desc` is unpacked; returns its snapshot directory.
+    async fn ensure_layer(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        desc: &Descriptor,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<PathBuf, StoreError> {
+        let snap = self.snapshot_path(&desc.digest);
+        if snap.is_dir() {
+            progress(PullEvent::LayerCached {
+                digest: desc.digest.clone(),
+            });
+            return Ok(snap);
+        }
+        let _lock = self.lock(&desc.digest).await?;
+        if snap.is_dir() {
+            // Another pull finished it while we waited for the lock.
+            progress(PullEvent::LayerCached {
+                digest: desc.digest.clone(),
+            });
+            return Ok(snap);
+        }
+        let blob = self.blob_path(&desc.digest);
+        if !blob.exists() {
+            self.download(client, r, desc, &blob, progress).await?;
+        }
+        let tmp = self.tmp_path(&format!("snap-{}", desc.digest.hex()));
+        let limits = self.limits;
+        let (snap2, blob2, tmp2) = (snap.clone(), blob.clone(), tmp.clone());
+        let image = r.to_string();
+        let layer = desc.digest.clone();
+        let stats = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            fs::create_dir(&tmp2).map_err(io_err("creating", &tmp2))?;
+            let result = (|| {
+                let f = File::open(&blob2).map_err(io_err("opening", &blob2))?;
+                let stats =
+                    unpack_layer(f, &tmp2, &limits).map_err(|source| StoreError::Unpack {
+                        image,
+                        layer,
+                        source,
+                    })?;
+                let dir = File::open(&tmp2).map_err(io_err("opening", &tmp2))?;
+                // One syncfs flushes every file of the snapshot before it becomes visible.
+                nix::unistd::syncfs(dir.as_raw_fd())
+                    .map_err(|e| io_err("syncing", &tmp2)(e.into()))?;
+                fs::rename(&tmp2, &snap2).map_err(io_err("renaming into place", &snap2))?;
+                fsync_dir(snap2.parent().expect("snapshot has a parent"))?;
+                Ok(stats.entries)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_dir_all(&tmp2);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        debug!(layer = %desc.digest, entries = stats, "layer unpacked");
+        progress(PullEvent::LayerUnpacked {
+            digest: desc.digest.clone(),
+            entries: stats,
+        });
+        Ok(snap)
+    }
+
+    async fn download(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        desc: &Descriptor,
+        blob: &Path,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        progress(PullEvent::LayerDownloading {
+            digest: desc.digest.clone(),
+            size: desc.size,
+        });
+        let tmp = self.tmp_path(desc.digest.hex());
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(io_err("creating", &tmp))?;
+        let next_report = AtomicU64::new(PROGRESS_STEP);
+        let on_bytes = |n: u64| {
+            if n >= next_report.load(Ordering::Relaxed) {
+                next_report.store(n + PROGRESS_STEP, Ordering::Relaxed);
+                progress(PullEvent::LayerProgress {
+                    digest: desc.digest.clone(),
+                    downloaded: n,
+                    size: desc.size,
+                });
+            }
+        };
+        let res = client.download_blob(r, desc, &mut f, &on_bytes).await;
+        let res = match res {
+            Ok(()) => f.sync_all().await.map_err(io_err("syncing", &tmp)),
+            Err(e) => Err(e.into()),
+        };
+        drop(f);
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, blob).map_err(io_err("renaming into place", blob))?;
+        fsync_dir(blob.parent().expect("blob path has a parent"))?;
+        progress(PullEvent::LayerDownloaded {
+            digest: desc.digest.clone(),
+            size: desc.size,
+        });
+        Ok(())
+    }
+
+    /// Every image recorded in the store.
+    pub fn list(&self) -> Result<Vec<PulledImage>, StoreError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            let name = e.file_name();
+            let Some(hex) = Path::new(&name)
+                .file_stem()
+                .and_then(OsStr::to_str)
+                .filter(|_| Path::new(&name).extension() == Some(OsStr::new("json")))
+            else {
+                continue;
+            };
+            let Ok(d) = format!("sha256:{hex}").parse::<Digest>() else {
+                continue;
+            };
+            if let Some(img) = self.get(&d)? {
+                out.push(img);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,269 @@
+//! Pull from a real registry: Debian's docker-registry on a free loopback port, the demo
+//! image built and pushed with scripts/build-image.sh (umoci + skopeo), then pulled into
+//! an ImageStore, mounted as an overlay root and unmounted. Needs root, docker-registry,
+//! umoci, skopeo and busybox-static; panics loudly when something is missing.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_images::{
+    mount_rootfs, unmount_rootfs, ClientError, ClientOptions, ImageStore, PullEvent, Reference,
+    RegistryClient, StoreError,
+};
+
+fn need(tool: &str, pkg: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(found, "{tool} is not installed: apt-get install {pkg}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        need("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {addr}: {}",
+                fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn build_and_push(name_tag: &str, registry: &str, extra: &[&str]) {
+    need("umoci", "umoci");
+    need("skopeo", "skopeo");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-image.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(name_tag)
+        .arg(registry)
+        .args(extra)
+        .output()
+        .expect("running build-image.sh");
+    assert!(
+        out.status.success(),
+        "build-image.sh failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn opts() -> ClientOptions {
+    ClientOptions {
+        insecure: true,
+        auth: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mount_and_errors_against_a_real_registry() {
+    assert_eq!(
+        nix::unistd::geteuid().as_raw(),
+        0,
+        "this test mounts overlayfs and needs root"
+    );
+    let reg = Registry::start();
+    build_and_push("berth-test/hello:1", &reg.addr, &[]);
+    build_and_push("berth-test/noentry:1", &reg.addr, &["--no-entrypoint"]);
+
+    // The controller's view: resolve and validate.
+    let client = RegistryClient::new(opts()).unwrap();
+    let r: Reference = format!("{}/berth-test/hello:1", reg.addr).parse().unwrap();
+    let resolved = client.resolve(&r).await.unwrap();
+    assert_eq!(
+        resolved.config.command().unwrap(),
+        vec![
+            "/bin/sh",
+            "-c",
+            "exec /bin/busybox httpd -f -v -p \"${PORT:-8080}\" -h /www"
+        ]
+    );
+    assert_eq!(resolved.layers.len(), 1);
+    assert_eq!(
+        resolved.pinned.to_string(),
+        format!("{}/berth-test/hello@{}", reg.addr, resolved.manifest_digest)
+    );
+    let bad: Reference = format!("{}/berth-test/noentry:1", reg.addr)
+        .parse()
+        .unwrap();
+    assert_eq!(client.resolve(&bad).await.unwrap().config.command(), None);
+
+    // Unknown tag and unknown repository: NotFound.
+    for missing in ["berth-test/hello:nope", "berth-test/absent:1"] {
+        let m: Reference = format!("{}/{missing}", reg.addr).parse().unwrap();
+        let e = client.resolve(&m).await.unwrap_err();
+        assert!(matches!(e, ClientError::NotFound { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("not found in registry: check the name and tag"),
+            "{e}"
+        );
+    }
+
+    // Pinned by a digest the registry does not have: NotFound too.
+    let wrong = r.pinned(berth_images::Digest::of(b"nothing"));
+    let e = client.resolve(&wrong).await.unwrap_err();
+    assert!(matches!(e, ClientError::NotFound { .. }), "{e}");
+
+    // Unreachable registry.
+    let dead: Reference = format!("127.0.0.1:{}/berth-test/hello:1", free_port())
+        .parse()
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&store_dir.path().join("images")).unwrap();
+    let e = store.pull(&dead, &opts(), |_| {}).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Client(ClientError::Unreachable { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("unreachable"), "{e}");
+
+    // The agent's view: pull, mount, check, unmount.
+    let events = Mutex::new(Vec::new());
+    let img = store
+        .pull(&r, &opts(), |e| events.lock().unwrap().push(e))
+        .await
+        .unwrap();
+    assert_eq!(img.manifest_digest, resolved.manifest_digest);
+    assert_eq!(img.snapshot_dirs.len(), 1);
+    let events = events.into_inner().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PullEvent::LayerUnpacked { .. })),
+        "{events:?}"
+    );
+    let snap = &img.snapshot_dirs[0];
+    assert!(snap.join("bin/busybox").is_file());
+
+    let instance: PathBuf = store_dir.path().join("instances/i-1");
+    let rootfs = mount_rootfs(&img.snapshot_dirs, &instance).unwrap();
+    let unmount_guard = scopeguard(&instance);
+    assert!(
+        rootfs.join("bin/busybox").is_file(),
+        "busybox in the overlay"
+    );
+    assert!(
+        fs::symlink_metadata(rootfs.join("bin/sh"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "sh is a symlink to busybox"
+    );
+    let cgi = fs::read_to_string(rootfs.join("www/cgi-bin/index.cgi")).unwrap();
+    assert!(cgi.contains("visits"), "cgi script in the overlay");
+    drop(unmount_guard);
+    assert!(!rootfs.exists());
+
+    // Second pull: from the store, no new blobs, fast.
+    let blobs_before = count_files(&store_dir.path().join("images/blobs/sha256"));
+    let started = Instant::now();
+    let cached_events = Mutex::new(Vec::new());
+    let again = store
+        .pull(&r, &opts(), |e| cached_events.lock().unwrap().push(e))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(again, img);
+    assert_eq!(
+        count_files(&store_dir.path().join("images/blobs/sha256")),
+        blobs_before
+    );
+    assert!(
+        matches!(
+            cached_events.into_inner().unwrap().as_slice(),
+            [PullEvent::Cached { .. }]
+        ),
+        "second pull must come from the store"
+    );
+    assert!(took < Duration::from_secs(2), "second pull took {took:?}");
+    // Pinned and cached: no registry needed at all.
+    drop(reg);
+    let offline = store.pull(&img.reference, &opts(), |_| {}).await.unwrap();
+    assert_eq!(offline.snapshot_dirs, img.snapshot_dirs);
+}
+
+/// Unmounts the instance root when dropped, so a failed assertion leaves no mount behind.
+struct Unmount<'a>(&'a Path);
+
+fn scopeguard(p: &Path) -> Unmount<'_> {
+    Unmount(p)
+}
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = unmount_rootfs(self.0) {
+            if !std::thread::panicking() {
+                panic!("unmounting {}: {e}", self.0.display());
+            }
+        }
+    }
+}
