@@ -120,18 +120,33 @@ pub struct Sandboxes {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// Start time (clock ticks since boot) of a live process, from `/proc/<pid>/stat`.
-pub fn process_start_time(pid: i32) -> Option<u64> {
+/// State letter and start time (clock ticks since boot) of a process, from
+/// `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some((state, start_time))
 }
 
+/// Start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+/// Whether `pid` is a live (not zombie) process started at `start_time`. An init
+/// adopted from an earlier daemon is reaped by someone else, maybe late: a zombie
+/// counts as gone.
 fn alive(pid: i32, start_time: Option<u64>) -> bool {
-    pid > 0
-        && kill(Pid::from_raw(pid), None).is_ok()
-        && (start_time.is_none() || process_start_time(pid) == start_time)
+    if pid <= 0 {
+        return false;
+    }
+    match proc_stat(pid) {
+        Some((state, t)) => !matches!(state, 'Z' | 'X') && start_time.is_none_or(|s| s == t),
+        None => false,
+    }
 }
 
 impl Sandboxes {
@@ -599,5 +614,16 @@ mod tests {
         assert!(alive(me, Some(t)));
         assert!(!alive(me, Some(t + 1)));
         assert!(!alive(0, None));
+    }
+
+    #[test]
+    fn zombies_count_as_gone() {
+        let pid = std::process::Command::new("/bin/true")
+            .spawn()
+            .unwrap()
+            .id() as i32;
+        // Not waited for: it stays a zombie (or is reaped by a test reaper).
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!alive(pid, None));
     }
 }

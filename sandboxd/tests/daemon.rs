@@ -112,6 +112,7 @@ impl Daemon {
 
     fn metrics(&self) -> String {
         let mut s = std::net::TcpStream::connect(&self.metrics).expect("metrics listener");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut out = String::new();
@@ -186,6 +187,22 @@ fn wait_for_log(path: &Path, needles: &[&str]) -> String {
 
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Zombie children of `parent`.
+fn zombies_of(parent: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.len() > 2 && f[0] == "Z" && f[1] == parent.to_string()
+        })
+        .count()
 }
 
 fn memory_cgroup(site: &str, id: &str) -> PathBuf {
@@ -293,6 +310,19 @@ async fn sandbox_lifecycle() {
     eprintln!("app log:\n{out}");
 
     // Own pid namespace; the init is re-parented to sandboxd.
+    let daemon_pid = daemon.child.as_ref().unwrap().id();
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PPid:")
+                .map(|v| v.trim().parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(
+        ppid, daemon_pid,
+        "sandbox init is not re-parented to sandboxd"
+    );
     let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
     let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
     assert_ne!(ns, ours, "sandbox shares our pid namespace");
@@ -423,15 +453,133 @@ async fn sandbox_lifecycle() {
     client.delete(SandboxId { id: id3.clone() }).await.unwrap();
     assert!(!alive(created.pid));
     assert!(!memory_cgroup(&site, &id3).exists());
+
+    // The memory limit OOM-kills inside the sandbox, and Stop/Get report it.
+    let id4 = format!("it4-{u}");
+    let log4 = dir.join("app4.log");
+    client
+        .create(CreateRequest {
+            id: id4.clone(),
+            site: site.clone(),
+            rootfs: rootfs.to_str().unwrap().into(),
+            netns_path: netns.path(),
+            args: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo start; x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived".into(),
+            ],
+            resources: Some(Resources {
+                memory_bytes: 16 << 20,
+                cpu_millis: 0,
+                pids_max: 0,
+            }),
+            log_path: log4.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client.start(SandboxId { id: id4.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let oomed = loop {
+        let info = client
+            .get(SandboxId { id: id4.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if info.status == SandboxStatus::Stopped as i32 {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "memory hog still running after 30 s: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        oomed.oom_killed,
+        "{oomed:?}; log: {:?}",
+        std::fs::read_to_string(&log4)
+    );
+    client.delete(SandboxId { id: id4.clone() }).await.unwrap();
+
     let list = client.list(ListRequest {}).await.unwrap().into_inner();
     assert!(list.sandboxes.is_empty(), "{list:?}");
     let metrics = daemon.metrics();
     assert!(metrics.contains("sandboxes_running 0"), "{metrics}");
 
+    assert_eq!(zombies_of(daemon.child.as_ref().unwrap().id()), 0);
     drop(client);
     let status = daemon.terminate();
     assert!(status.success(), "sandboxd exited with {status}");
     assert!(!daemon.socket.exists(), "socket left after shutdown");
+    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
+    }
+}
+
+/// A restarted daemon knows the sandboxes of the previous one, can stop a running
+/// one it did not start (exit code unknown: -1) and delete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_restart() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let u = unique();
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let netns = Netns::new(format!("berth-test-r{u}"));
+    let site = format!("restart-{u}");
+    let id = format!("rs-{u}");
+    let log = dir.join("app.log");
+
+    let mut daemon = Daemon::start(dir);
+    let mut client = daemon.client().await;
+    client
+        .create(CreateRequest {
+            id: id.clone(),
+            site: site.clone(),
+            rootfs: rootfs.to_str().unwrap().into(),
+            netns_path: netns.path(),
+            args: vec!["/bin/sh".into(), "-c".into(), "echo up; sleep 1000".into()],
+            log_path: log.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pid = client
+        .start(SandboxId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    wait_for_log(&log, &["up"]);
+    drop(client);
+    assert!(daemon.terminate().success());
+    assert!(alive(pid), "shutdown must leave sandboxes running");
+
+    let daemon = Daemon::start(dir);
+    let mut client = daemon.client().await;
+    let info = client
+        .get(SandboxId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.status, SandboxStatus::Running as i32);
+    assert_eq!(info.pid, pid);
+    let stopped = client
+        .stop(StopRequest {
+            id: id.clone(),
+            grace_ms: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.status, SandboxStatus::Stopped as i32);
+    assert_eq!(stopped.exit_code, -1, "{stopped:?}");
+    client.delete(SandboxId { id: id.clone() }).await.unwrap();
+    assert!(!memory_cgroup(&site, &id).exists());
+    let list = client.list(ListRequest {}).await.unwrap().into_inner();
+    assert!(list.sandboxes.is_empty(), "{list:?}");
     for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
     }
