@@ -732,6 +732,9 @@ impl RegistryClient {
 }
 
 #[cfg(test)]
+mod auth_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

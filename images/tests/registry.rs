@@ -245,6 +245,10 @@ async fn pull_mount_and_errors_against_a_real_registry() {
         "second pull must come from the store"
     );
     assert!(took < Duration::from_secs(2), "second pull took {took:?}");
+    whiteouts_hide_lower_layers(&reg, &store, &store_dir.path().join("instances/i-2")).await;
+    concurrent_pulls_share_layers(&r).await;
+    corrupt_blob_is_refused(&reg).await;
+
     // Pinned and cached: no registry needed at all.
     drop(reg);
     let offline = store.pull(&img.reference, &opts(), |_| {}).await.unwrap();
@@ -266,4 +270,115 @@ impl Drop for Unmount<'_> {
             }
         }
     }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A second layer made by umoci that deletes a file and a directory: the deletions must
+/// show through the overlay as whiteouts.
+async fn whiteouts_hide_lower_layers(reg: &Registry, store: &ImageStore, instance: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    let bundle = work.path().join("bundle");
+    let src = format!("docker://{}/berth-test/hello:1", reg.addr);
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", &src])
+        .arg(format!("oci:{}:1", layout.display())));
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:1", layout.display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    fs::remove_file(rootfs.join("bin/wget")).unwrap();
+    fs::remove_dir_all(rootfs.join("www/cgi-bin")).unwrap();
+    fs::write(rootfs.join("www/added.txt"), "layer two").unwrap();
+    run(Command::new("umoci")
+        .arg("repack")
+        .arg("--image")
+        .arg(format!("{}:1", layout.display()))
+        .arg(&bundle));
+    let dest = format!("docker://{}/berth-test/layered:1", reg.addr);
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(&dest));
+
+    let r: Reference = format!("{}/berth-test/layered:1", reg.addr)
+        .parse()
+        .unwrap();
+    let img = store.pull(&r, &opts(), |_| {}).await.unwrap();
+    assert_eq!(img.snapshot_dirs.len(), 2);
+    let root = mount_rootfs(&img.snapshot_dirs, instance).unwrap();
+    let guard = scopeguard(instance);
+    assert!(root.join("bin/busybox").is_file());
+    assert!(
+        !root.join("bin/wget").exists(),
+        "deleted file hidden by a whiteout"
+    );
+    assert!(root.join("bin/sh").exists());
+    assert!(
+        !root.join("www/cgi-bin").exists(),
+        "deleted dir hidden by a whiteout"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("www/added.txt")).unwrap(),
+        "layer two"
+    );
+    drop(guard);
+}
+
+/// Two stores on one root pulling the same image at once: both succeed, one snapshot.
+async fn concurrent_pulls_share_layers(r: &Reference) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ImageStore::open(dir.path()).unwrap();
+    let b = ImageStore::open(dir.path()).unwrap();
+    let o = opts();
+    let (x, y) = tokio::join!(a.pull(r, &o, |_| {}), b.pull(r, &o, |_| {}));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.snapshot_dirs, y.snapshot_dirs);
+    assert_eq!(count_files(&dir.path().join("snapshots")), 1);
+    assert_eq!(count_files(&dir.path().join("tmp")), 0, "no leftovers");
+    assert!(x.snapshot_dirs[0].join("bin/busybox").is_file());
+}
+
+/// Flip a byte of a layer inside the registry's storage: the pull must fail with a
+/// digest mismatch and leave nothing in the store.
+async fn corrupt_blob_is_refused(reg: &Registry) {
+    let r: Reference = format!("{}/berth-test/noentry:1", reg.addr)
+        .parse()
+        .unwrap();
+    let client = RegistryClient::new(opts()).unwrap();
+    let layer = client.resolve(&r).await.unwrap().layers[0].digest.clone();
+    let hex = layer.hex();
+    let data = reg
+        ._dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path()).unwrap();
+    let e = store.pull(&r, &opts(), |_| {}).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Client(ClientError::DigestMismatch { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("digest mismatch"), "{e}");
+    assert!(!store.blob_path(&layer).exists());
+    assert_eq!(count_files(&dir.path().join("snapshots")), 0);
+    assert_eq!(count_files(&dir.path().join("tmp")), 0);
 }
