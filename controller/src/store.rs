@@ -281,3 +281,6 @@ pub(crate) async fn place_in_tx(
     }
     Ok(decisions.len())
 }
+
+#[cfg(test)]
+mod tests;

@@ -484,11 +484,25 @@ async fn controller_end_to_end() {
     let (s, _) = api.call("DELETE", "/v1/sites/hello", None).await;
     assert_eq!(s, 404);
 
+    // SIGTERM with watch streams still open: the controller ends them and exits 0.
     hb_task.abort();
-    drop((assign, routes));
     assert!(
         ctl.terminate(),
         "SIGTERM must stop the controller cleanly:\n{}",
         ctl.log()
+    );
+    let end = timeout(WAIT, routes.message())
+        .await
+        .expect("routes stream did not end");
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "no snapshot after shutdown: {end:?}"
+    );
+    let end = timeout(WAIT, assign.message())
+        .await
+        .expect("assignments stream did not end");
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "no snapshot after shutdown: {end:?}"
     );
 }
