@@ -313,7 +313,8 @@ impl Sandboxes {
             Err(err) => {
                 self.metrics.failures.inc();
                 tracing::warn!(%err, "create failed; cleaning up");
-                if let Err(cleanup) = self.remove_container(&req.id, None).await {
+                let cgroup = spec::cgroup_path(&req.site, &req.id);
+                if let Err(cleanup) = self.remove_container(&req.id, Some(&cgroup)).await {
                     tracing::error!(err = %cleanup, "cleaning up after a failed create");
                 }
             }
@@ -329,7 +330,8 @@ impl Sandboxes {
         // Leftovers of a crashed earlier attempt with the same id.
         if self.layout.containers.join(&id).exists() {
             tracing::warn!("removing stale libcontainer state");
-            self.remove_container(&id, None).await?;
+            self.remove_container(&id, Some(&spec::cgroup_path(&req.site, &id)))
+                .await?;
         }
         let spec = spec::build(req)?;
         let bundle = self.layout.bundles.join(&id);
@@ -528,7 +530,8 @@ impl Sandboxes {
                 self.stop_locked(id, DEFAULT_GRACE).await?;
             }
         }
-        self.remove_container(id, record.as_ref()).await?;
+        self.remove_container(id, record.as_ref().map(|r| r.cgroup_path.as_path()))
+            .await?;
         if let Some(r) = record {
             self.update(|records| {
                 records.remove(id);
@@ -545,7 +548,7 @@ impl Sandboxes {
     async fn remove_container(
         &self,
         id: &str,
-        record: Option<&Record>,
+        cgroup_path: Option<&Path>,
     ) -> Result<(), SandboxError> {
         helper::run(
             &self.exe,
@@ -560,8 +563,8 @@ impl Sandboxes {
             id: id.to_string(),
             source,
         })?;
-        if let Some(r) = record {
-            if let Ok(cgroup) = SandboxCgroup::locate(&r.cgroup_path) {
+        if let Some(path) = cgroup_path {
+            if let Ok(cgroup) = SandboxCgroup::locate(path) {
                 cgroup.remove_leftovers();
             }
         }

@@ -3,7 +3,8 @@
 //! their init pids (with the process start time, to tell a reused pid apart) and
 //! their cgroup paths.
 //!
-//! Writes are atomic (temporary file + rename); it never stores secrets or env.
+//! Writes are atomic (temporary file + rename, not fsynced); it never stores secrets
+//! or env.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -128,8 +129,10 @@ impl Store {
         let json = serde_json::to_vec_pretty(&list).expect("records serialize");
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        // No fsync: sandboxes do not survive a reboot, so the file only has to
+        // survive a daemon restart, and an fsync per change stalled operations for
+        // seconds under build I/O.
         f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)
     }
 }

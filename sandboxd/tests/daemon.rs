@@ -454,6 +454,30 @@ async fn sandbox_lifecycle() {
     assert!(!alive(created.pid));
     assert!(!memory_cgroup(&site, &id3).exists());
 
+    // A command missing from the rootfs fails cleanly and leaves nothing behind.
+    let id5 = format!("it5-{u}");
+    let failed = async {
+        client
+            .create(CreateRequest {
+                id: id5.clone(),
+                site: site.clone(),
+                rootfs: rootfs.to_str().unwrap().into(),
+                netns_path: netns.path(),
+                args: vec!["/bin/does-not-exist".into()],
+                log_path: dir.join("app5.log").to_str().unwrap().into(),
+                ..Default::default()
+            })
+            .await?;
+        client.start(SandboxId { id: id5.clone() }).await
+    }
+    .await;
+    let err = failed.expect_err("running a missing binary must fail");
+    eprintln!("missing binary: {err}");
+    client.delete(SandboxId { id: id5.clone() }).await.unwrap();
+    assert!(!memory_cgroup(&site, &id5).exists());
+    assert!(!dir.join("state/containers").join(&id5).exists());
+    assert!(daemon.metrics().contains("sandbox_failures_total 1"));
+
     // The memory limit OOM-kills inside the sandbox, and Stop/Get report it.
     let id4 = format!("it4-{u}");
     let log4 = dir.join("app4.log");
