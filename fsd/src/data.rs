@@ -228,9 +228,9 @@ impl InodeData {
         }
         let keep = new.div_ceil(CHUNK_SIZE); // chunks 0..keep survive
         self.state.dirty.retain(|&index, _| index < keep);
-        if new % CHUNK_SIZE != 0 {
+        let cut = (new % CHUNK_SIZE) as usize;
+        if cut > 0 {
             let last = new / CHUNK_SIZE;
-            let cut = (new % CHUNK_SIZE) as usize;
             if !self.state.dirty.contains_key(&last) {
                 let base = self.load(last).await?.to_vec();
                 self.state.dirty.insert(last, base);

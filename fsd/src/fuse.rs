@@ -195,7 +195,7 @@ impl VolumeFs {
         // attributes of "." and ".." and fills in the real parent for lookups.
         out.push(Listed {
             name: b".".to_vec(),
-            attr: dir.clone(),
+            attr: dir,
         });
         out.push(Listed {
             name: b"..".to_vec(),

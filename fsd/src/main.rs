@@ -131,6 +131,10 @@ async fn main() -> anyhow::Result<()> {
             berth_fsd::mount(config, ready, shutdown_signal())
                 .await
                 .with_context(|| format!("berth-fsd mount {}", mountpoint.display()))?;
+            // A lazily detached (busy) mount leaves fuse3's blocking read of /dev/fuse
+            // pending, which would keep the runtime from shutting down; exiting closes
+            // the device and ends the session for good.
+            std::process::exit(0);
         }
     }
     Ok(())

@@ -1,0 +1,203 @@
+//! End-to-end tests of `berth-fsd`: a real server, two real FUSE mounts of the same
+//! volume, and plain `std::fs` calls (root and /dev/fuse required).
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use common::{require_fuse_and_root, volume, Mount, Server};
+
+fn errno(err: &std::io::Error) -> i32 {
+    err.raw_os_error()
+        .unwrap_or_else(|| panic!("expected an OS error, got {err}"))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn two_mounts_share_one_volume() {
+    require_fuse_and_root();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(tmp.path());
+    let vol = volume("share");
+    let a = Mount::start(&server, &vol, &tmp.path().join("a"));
+    let b = Mount::start(&server, &vol, &tmp.path().join("b"));
+
+    // Root: 0755, owned by root.
+    let root = fs::metadata(&a.path).unwrap();
+    assert_eq!(root.mode() & 0o7777, 0o755);
+    assert_eq!(root.uid(), 0);
+
+    // Written on A, read on B.
+    fs::write(a.join("hello.txt"), b"hello from a\n").unwrap();
+    assert_eq!(fs::read(b.join("hello.txt")).unwrap(), b"hello from a\n");
+
+    // mkdir and listing, through std::fs and through ls.
+    fs::create_dir(a.join("dir")).unwrap();
+    fs::write(a.join("dir/one"), b"1").unwrap();
+    fs::write(a.join("dir/two"), b"22").unwrap();
+    let mut names: Vec<String> = fs::read_dir(b.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["one", "two"]);
+    let ls = Command::new("ls")
+        .arg("-la")
+        .arg(b.join("dir"))
+        .output()
+        .unwrap();
+    assert!(
+        ls.status.success(),
+        "ls failed: {}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        listing.contains("one") && listing.contains("two"),
+        "ls -la: {listing}"
+    );
+    assert_eq!(fs::metadata(b.join("dir/two")).unwrap().len(), 2);
+
+    // Errnos reach the application.
+    let err = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(b.join("hello.txt"))
+        .unwrap_err();
+    assert_eq!(errno(&err), libc::EEXIST);
+    let err = fs::remove_dir(b.join("dir")).unwrap_err();
+    assert_eq!(errno(&err), libc::ENOTEMPTY);
+    let err = fs::read(a.join("missing")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = fs::write(a.join(&"x".repeat(256)), b"").unwrap_err();
+    assert_eq!(errno(&err), libc::ENAMETOOLONG);
+    let err = fs::remove_file(a.join("dir")).unwrap_err();
+    assert_eq!(errno(&err), libc::EISDIR);
+
+    // Rename over an existing file, seen from the other mount.
+    fs::write(a.join("new"), b"new contents").unwrap();
+    fs::write(a.join("target"), b"old contents").unwrap();
+    fs::rename(a.join("new"), b.join("target")).unwrap_or_else(|e| {
+        // A rename across two mounts is EXDEV; do it within B instead.
+        assert_eq!(errno(&e), libc::EXDEV);
+        fs::rename(b.join("new"), b.join("target")).unwrap();
+    });
+    assert_eq!(fs::read(a.join("target")).unwrap(), b"new contents");
+    assert_eq!(
+        fs::metadata(b.join("new")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Unlink; rmdir once empty.
+    fs::remove_file(b.join("dir/one")).unwrap();
+    fs::remove_file(b.join("dir/two")).unwrap();
+    assert_eq!(
+        fs::metadata(a.join("dir/one")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    fs::remove_dir(a.join("dir")).unwrap();
+    assert_eq!(
+        fs::metadata(b.join("dir")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // chmod on A is seen on B (after the attribute TTL at most).
+    fs::set_permissions(a.join("hello.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(a.join("hello.txt")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(b.join("hello.txt")).unwrap().mode() & 0o7777,
+        0o600
+    );
+
+    // Truncate (down, then up again: the cut bytes must not come back).
+    let f = OpenOptions::new()
+        .write(true)
+        .open(a.join("hello.txt"))
+        .unwrap();
+    f.set_len(5).unwrap();
+    drop(f);
+    assert_eq!(fs::read(b.join("hello.txt")).unwrap(), b"hello");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(b.join("hello.txt"))
+        .unwrap();
+    f.set_len(8).unwrap();
+    drop(f);
+    assert_eq!(fs::read(a.join("hello.txt")).unwrap(), b"hello\0\0\0");
+
+    // 10 MiB, byte-exact, across chunk boundaries, read back on the other mount.
+    let big = pattern(10 << 20);
+    fs::write(a.join("big.bin"), &big).unwrap();
+    let back = fs::read(b.join("big.bin")).unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back == big, "10 MiB file differs after the round trip");
+    // A random-access read across the 4 MiB chunk boundary.
+    let mut f = fs::File::open(b.join("big.bin")).unwrap();
+    f.seek(SeekFrom::Start((4 << 20) - 10)).unwrap();
+    let mut buf = [0u8; 20];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..], &big[(4 << 20) - 10..(4 << 20) + 10]);
+
+    // Appends from both mounts.
+    for (mount, line) in [(&a, "a1\n"), (&b, "b1\n"), (&a, "a2\n"), (&b, "b2\n")] {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(mount.join("log.txt"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    assert_eq!(
+        fs::read_to_string(a.join("log.txt")).unwrap(),
+        "a1\nb1\na2\nb2\n"
+    );
+    assert_eq!(
+        fs::read_to_string(b.join("log.txt")).unwrap(),
+        "a1\nb1\na2\nb2\n"
+    );
+
+    // statfs works (df).
+    let df = Command::new("df").arg(&a.path).output().unwrap();
+    assert!(
+        df.status.success(),
+        "df failed: {}",
+        String::from_utf8_lossy(&df.stderr)
+    );
+    assert!(String::from_utf8_lossy(&df.stdout).contains(&format!("berth:{vol}")));
+
+    // Metrics counted the work.
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("berth_fsd_ops_total{op=\"write\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_fsd_ops_total{op=\"rmdir\",outcome=\"enotempty\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_fsd_written_bytes_total"),
+        "{metrics}"
+    );
+
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop(), "mount A did not exit 0 on SIGTERM");
+    assert!(b.stop(), "mount B did not exit 0 on SIGTERM");
+}
