@@ -37,9 +37,12 @@ pub const STOP_GRACE_MS: u32 = 5000;
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("pulling image {image}: {source}")]
-    Pull { image: String, source: ImageError },
+    Pull {
+        image: String,
+        source: Box<ImageError>,
+    },
     #[error("preparing the root filesystem: {0}")]
-    Rootfs(ImageError),
+    Rootfs(Box<ImageError>),
     #[error("mounting /home: {0}")]
     Volume(#[from] VolumeError),
     #[error("creating the network namespace: {0}")]
@@ -217,7 +220,7 @@ where
         .images
         .pull(&a.image, &a.registry_auth, a.insecure_registry);
     let image = tokio::select! {
-        r = pull => r.map_err(|source| StartError::Pull { image: a.image.clone(), source })?,
+        r = pull => r.map_err(|source| StartError::Pull { image: a.image.clone(), source: Box::new(source) })?,
         _ = wait_unwanted(still_wanted) => return Err(StartError::Cancelled),
     };
     agent.metrics.phase(Phase::Pull, t.elapsed().as_secs_f64());
@@ -235,7 +238,7 @@ where
         .images
         .mount_rootfs(&image, &run.instance_dir)
         .await
-        .map_err(StartError::Rootfs)?;
+        .map_err(|e| StartError::Rootfs(Box::new(e)))?;
     let home = if a.volume.is_empty() {
         None
     } else {
