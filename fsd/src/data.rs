@@ -12,6 +12,7 @@
 mod cache;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,6 +28,9 @@ use cache::ChunkCache;
 pub const CHUNK_SIZE: u64 = 4 << 20;
 /// An inode with more dirty chunks than this is flushed during the write.
 const MAX_DIRTY_CHUNKS: usize = 8;
+/// When all inodes together hold more dirty chunks than this (256 MiB), a write
+/// flushes its inode before returning.
+const MAX_TOTAL_DIRTY_CHUNKS: usize = 64;
 /// Chunks kept in the clean read cache (shared by all inodes).
 const CACHE_CHUNKS: usize = 16;
 /// Concurrent object uploads of one flush.
@@ -39,6 +43,7 @@ pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     inodes: Mutex<HashMap<InodeKey, Arc<AsyncMutex<InodeState>>>>,
     cache: Arc<ChunkCache>,
+    dirty_total: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -53,6 +58,8 @@ impl std::fmt::Debug for ChunkStore {
 #[derive(Debug, Default)]
 struct InodeState {
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// How many of `dirty` are counted in the store-wide total.
+    counted: usize,
 }
 
 /// Exclusive access to one inode's data while an operation runs.
@@ -62,6 +69,7 @@ pub struct InodeData {
     state: OwnedMutexGuard<InodeState>,
     store: Arc<dyn ObjectStore>,
     cache: Arc<ChunkCache>,
+    dirty_total: Arc<AtomicUsize>,
 }
 
 fn chunk_prefix(volume: &str, ino: u64) -> ObjectPath {
@@ -79,7 +87,13 @@ impl ChunkStore {
             store,
             inodes: Mutex::new(HashMap::new()),
             cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
+            dirty_total: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Dirty chunks held in memory by all inodes (as of the last finished operation).
+    pub fn dirty_chunks(&self) -> usize {
+        self.dirty_total.load(Ordering::Relaxed)
     }
 
     /// Locks one inode's data. Hold the guard across the whole operation.
@@ -102,12 +116,13 @@ impl ChunkStore {
             state: cell.lock_owned().await,
             store: self.store.clone(),
             cache: self.cache.clone(),
+            dirty_total: self.dirty_total.clone(),
         }
     }
 }
 
 impl InodeData {
-    /// Bytes of chunks waiting to be written to the store.
+    /// Chunks of this inode waiting to be written to the store.
     pub fn dirty_chunks(&self) -> usize {
         self.state.dirty.len()
     }
@@ -178,7 +193,9 @@ impl InodeData {
             buf[in_chunk..in_chunk + take].copy_from_slice(&data[src..src + take]);
             pos += take as u64;
         }
-        if self.state.dirty.len() > MAX_DIRTY_CHUNKS {
+        let uncounted = self.state.dirty.len().saturating_sub(self.state.counted);
+        let total = self.dirty_total.load(Ordering::Relaxed) + uncounted;
+        if self.state.dirty.len() > MAX_DIRTY_CHUNKS || total > MAX_TOTAL_DIRTY_CHUNKS {
             self.flush().await?;
         }
         Ok(())
@@ -285,6 +302,19 @@ impl InodeData {
         self.cache
             .insert(&self.volume, self.ino, index, bytes.clone());
         Ok(bytes)
+    }
+}
+
+impl Drop for InodeData {
+    /// Brings the store-wide dirty count up to date, whatever the operation did.
+    fn drop(&mut self) {
+        let now = self.state.dirty.len();
+        let before = std::mem::replace(&mut self.state.counted, now);
+        if now > before {
+            self.dirty_total.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.dirty_total.fetch_sub(before - now, Ordering::Relaxed);
+        }
     }
 }
 

@@ -67,3 +67,28 @@ async fn dirty_data_is_readable_before_flush() {
     assert_eq!(inode.read(11, 0, 100).await.unwrap(), b"hello world");
     assert_eq!(inode.read(11, 6, 3).await.unwrap(), b"wor");
 }
+
+#[tokio::test]
+async fn dirty_total_tracks_all_inodes_and_caps_memory() {
+    let (_d, _fs, chunks) = store();
+    {
+        let mut one = chunks.lock("v", 1).await;
+        one.write(0, 0, b"x").await.unwrap();
+        let mut two = chunks.lock("v", 2).await;
+        two.write(0, CHUNK_SIZE, b"y").await.unwrap();
+    }
+    assert_eq!(chunks.dirty_chunks(), 2);
+    {
+        let mut one = chunks.lock("v", 1).await;
+        one.flush().await.unwrap();
+    }
+    assert_eq!(chunks.dirty_chunks(), 1);
+    {
+        // One inode writing more than its share gets flushed during the write.
+        let mut big = chunks.lock("v", 3).await;
+        let data = vec![7u8; (CHUNK_SIZE * (MAX_DIRTY_CHUNKS as u64 + 1)) as usize];
+        big.write(0, 0, &data).await.unwrap();
+        assert_eq!(big.dirty_chunks(), 0);
+    }
+    assert_eq!(chunks.dirty_chunks(), 1);
+}
