@@ -19,7 +19,7 @@ use crate::service::BOOT_METADATA_KEY;
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid file server address {addr:?}: {source}; use http://host:port")]
+    #[error("invalid file server address {addr:?}; use http://host:port")]
     BadAddress {
         addr: String,
         source: tonic::transport::Error,

@@ -34,7 +34,7 @@ pub struct MountConfig {
 /// Why mounting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("invalid volume name {volume:?}: {source}")]
+    #[error("invalid volume name {volume:?}")]
     Volume { volume: String, source: FsError },
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -47,13 +47,13 @@ pub enum MountError {
     #[error("/dev/fuse is missing; load the fuse module or give the container the device")]
     NoFuseDevice,
     #[error(
-        "mounting {path}: {source}; the mount point must be an empty directory and this needs root"
+        "mounting {path} failed; the mount point must be an empty directory and this needs root"
     )]
     Mount {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("FUSE session on {path} failed: {source}")]
+    #[error("FUSE session on {path} failed")]
     Session {
         path: PathBuf,
         source: std::io::Error,

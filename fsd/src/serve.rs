@@ -31,25 +31,25 @@ pub struct ServeConfig {
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("creating directory {path}: {source}; check permissions")]
+    #[error("creating directory {path} failed; check permissions")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("opening object store at {path}: {source}")]
+    #[error("opening object store at {path} failed")]
     Store {
         path: PathBuf,
         source: object_store::Error,
     },
-    #[error("opening metadata database in {path}: {source}")]
+    #[error("opening metadata database in {path} failed")]
     Meta { path: PathBuf, source: FsError },
-    #[error("binding {what} address {addr}: {source}; pick a free port")]
+    #[error("binding {what} address {addr} failed; pick a free port")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server failed: {0}")]
     Metrics(std::io::Error),
