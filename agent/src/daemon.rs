@@ -103,6 +103,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         warn!("some instances did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
     agent.volumes.release_all().await;
+    // Undo the shared bind mount of the volume root so the state directory can be removed.
+    let _ = nix::mount::umount2(&agent.cfg.volumes_dir(), nix::mount::MntFlags::MNT_DETACH);
     reports_task.abort();
     let worker_id = worker_rx.borrow().clone();
     if !worker_id.is_empty() {

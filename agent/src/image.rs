@@ -107,7 +107,9 @@ impl Images {
         // `&Descriptor` inside it), so it cannot live in a spawned task: drive it on a
         // blocking thread of this runtime instead.
         let handle = tokio::runtime::Handle::current();
+        let span = tracing::Span::current();
         let inner = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             handle.block_on(store.pull(&r, &opts, move |e| log_progress(&name, e)))
         })
         .await

@@ -64,16 +64,18 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
     }
 }
 
+/// A JSON error answer: `{"error": "..."}`.
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let body = format!("{}\n", serde_json::json!({ "error": msg.into() }));
     let mut resp = Response::new(
-        Full::new(Bytes::from(msg.into()))
+        Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed(),
     );
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/json"),
     );
     resp
 }
@@ -113,20 +115,20 @@ async fn route(agent: &Arc<Agent>, instance: &str, req: Request<Incoming>) -> Re
     if instance.is_empty() {
         return text(
             StatusCode::NOT_FOUND,
-            format!("{{\"error\":\"missing {INSTANCE_HEADER} header: this port only takes requests from berth front ends\"}}\n"),
+            format!("missing {INSTANCE_HEADER} header: this port only takes requests from berth front ends"),
         );
     }
     let Some(view) = agent.instance(instance) else {
         return text(
             StatusCode::NOT_FOUND,
-            format!("{{\"error\":\"instance {instance:?} is not on this worker\"}}\n"),
+            format!("instance {instance} is not on this worker"),
         );
     };
     if view.state != InstanceState::Ready {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "{{\"error\":\"instance {instance:?} is not ready (state {})\"}}\n",
+                "instance {instance} is not ready (state {})",
                 crate::state::state_label(view.state)
             ),
         );
@@ -138,7 +140,7 @@ async fn route(agent: &Arc<Agent>, instance: &str, req: Request<Incoming>) -> Re
                 warn!(error = %e, "upgrade to the app failed");
                 text(
                     StatusCode::BAD_GATEWAY,
-                    format!("{{\"error\":\"the app of instance {instance:?} did not answer\"}}\n"),
+                    format!("the app of instance {instance} did not answer"),
                 )
             }
         };
@@ -150,7 +152,7 @@ async fn route(agent: &Arc<Agent>, instance: &str, req: Request<Incoming>) -> Re
             warn!(error = %e, "forwarding to the app failed");
             text(
                 StatusCode::BAD_GATEWAY,
-                format!("{{\"error\":\"the app of instance {instance:?} did not answer\"}}\n"),
+                format!("the app of instance {instance} did not answer"),
             )
         }
     }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,7 +23,7 @@ pub struct StateLabels {
 }
 
 /// Start phase label.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Phase {
     Pull,
     Mount,
@@ -32,9 +32,22 @@ pub enum Phase {
     Total,
 }
 
+impl Phase {
+    /// Lower-case label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pull => "pull",
+            Phase::Mount => "mount",
+            Phase::Sandbox => "sandbox",
+            Phase::Health => "health",
+            Phase::Total => "total",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
-    pub phase: Phase,
+    pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,7 +111,9 @@ impl Metrics {
     /// Observes one start phase.
     pub fn phase(&self, phase: Phase, seconds: f64) {
         self.start_seconds
-            .get_or_create(&PhaseLabels { phase })
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
             .observe(seconds);
     }
 

@@ -65,7 +65,7 @@ impl Reconciler {
                         }
                         _ => {
                             let (tx, rx) = watch::channel(Some(a.clone()));
-                            let span = info_span!("instance", instance = %id, site = %a.site);
+                            let span = info_span!(parent: None, "instance", instance = %id, site = %a.site);
                             let join = tokio::spawn(
                                 supervise(self.clone(), id.clone(), rx).instrument(span),
                             );
