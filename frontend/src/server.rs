@@ -39,9 +39,9 @@ pub struct Config {
 
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("binding the {what} listener on {addr}: {source} (is another process using the port? pick another with --{what}-listen)")]
+    #[error("binding {addr} for {flag} (is another process using the port? pick another address with {flag})")]
     Bind {
-        what: &'static str,
+        flag: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -55,8 +55,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::new());
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let watcher = RouteWatcher::new(&config.controller, table.clone(), metrics.clone())?;
-    let listener = bind("http", config.listen).await?;
-    let metrics_listener = bind("metrics", config.metrics_listen).await?;
+    let listener = bind("--listen", config.listen).await?;
+    let metrics_listener = bind("--metrics-listen", config.metrics_listen).await?;
     info!(listen = %config.listen, metrics = %config.metrics_listen, controller = %config.controller, "front end started");
 
     let watch_task = tokio::spawn(watcher.run());
@@ -68,10 +68,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { what, addr, source })
+        .map_err(|source| ServeError::Bind { flag, addr, source })
 }
 
 async fn serve_proxy(

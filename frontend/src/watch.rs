@@ -23,14 +23,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Error)]
 pub enum WatchError {
-    #[error(
-        "controller address {url:?} is not a valid URL (e.g. http://127.0.0.1:7701): {source}"
-    )]
+    #[error("controller address {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7701)")]
     Url {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("connecting to the controller at {url}: {source}")]
+    #[error("connecting to the controller at {url}")]
     Connect {
         url: String,
         source: tonic::transport::Error,
