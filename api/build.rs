@@ -1,7 +1,11 @@
 //! Compiles `proto/*.proto` with `protox` (pure Rust), so building Berth needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/control.proto", "proto/sandbox.proto", "proto/volume.proto"];
+    let protos = [
+        "proto/control.proto",
+        "proto/sandbox.proto",
+        "proto/volume.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

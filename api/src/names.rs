@@ -36,10 +36,23 @@ mod tests {
             assert_eq!(validate_site_name(good), Ok(()), "{good}");
         }
         for bad in [
-            "", "Hello", "1abc", "-a", "a-", "a_b", "a.b", "a/b", "../x", "a b", "é",
+            "",
+            "Hello",
+            "1abc",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
             &"a".repeat(41),
         ] {
-            assert!(validate_site_name(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                validate_site_name(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 }

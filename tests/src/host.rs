@@ -7,8 +7,12 @@ use std::path::Path;
 pub fn pids_with_cmdline(needles: &[&str]) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
         if needles.iter().all(|n| cmd.contains(n)) {
             out.push(pid);
@@ -22,8 +26,12 @@ pub fn pids_of_instance(id: &str) -> Vec<i32> {
     let needle = format!("BERTH_INSTANCE_ID={id}");
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("environ")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
         if raw.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             out.push(pid);
         }
@@ -48,7 +56,9 @@ pub fn cgroups_containing(needle: &str) -> Vec<String> {
         if depth > 6 {
             return;
         }
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

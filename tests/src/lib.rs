@@ -30,7 +30,14 @@ pub fn bin_dir() -> PathBuf {
         .and_then(|d| d.parent())
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf();
-    for b in ["berth", "berth-controller", "berth-frontend", "berth-agent", "berth-sandboxd", "berth-fsd"] {
+    for b in [
+        "berth",
+        "berth-controller",
+        "berth-frontend",
+        "berth-agent",
+        "berth-sandboxd",
+        "berth-fsd",
+    ] {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
@@ -58,7 +65,10 @@ pub fn free_port_base(span: u16) -> u16 {
     let mut rng = rand::thread_rng();
     'outer: for _ in 0..200 {
         let base: u16 = rng.gen_range(20000..50000);
-        for p in [0u16, 1, 2, 3, 4, 5, 6, 7, 380].iter().chain(std::iter::once(&span)) {
+        for p in [0u16, 1, 2, 3, 4, 5, 6, 7, 380]
+            .iter()
+            .chain(std::iter::once(&span))
+        {
             if std::net::TcpListener::bind(("127.0.0.1", base + p)).is_err() {
                 continue 'outer;
             }

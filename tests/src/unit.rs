@@ -16,9 +16,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
-        let which = Command::new("sh").args(["-c", "command -v docker-registry umoci skopeo"]).output().expect("sh");
+        let which = Command::new("sh")
+            .args([
+                "-c",
+                "for t in docker-registry umoci skopeo; do command -v $t || exit 1; done",
+            ])
+            .output()
+            .expect("sh");
         assert!(
-            String::from_utf8_lossy(&which.stdout).lines().count() == 3,
+            which.status.success(),
             "docker-registry, umoci and skopeo are needed: apt-get install docker-registry umoci skopeo (scripts/install-deps.sh)"
         );
         let dir = tempfile::tempdir().expect("tempdir");
@@ -43,7 +49,9 @@ impl Registry {
             .expect("starting docker-registry");
         let r = Self { addr, dir, child };
         wait_for(Duration::from_secs(15), "docker-registry to answer", || {
-            reqwest::blocking::get(format!("http://{addr}/v2/")).map(|r| r.status().is_success()).unwrap_or(false)
+            reqwest::blocking::get(format!("http://{addr}/v2/"))
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
         });
         r
     }
@@ -89,7 +97,10 @@ impl Unit {
     /// a daemon that died.
     pub fn up(restart_delay: f64) -> Self {
         let bin = bin_dir();
-        let state = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in("/var/tmp").expect("tempdir");
+        let state = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let port_base = free_port_base(400);
         let log = std::fs::File::create(state.path().join("up.log")).unwrap();
         let child = Command::new(bin.join("berth"))
@@ -121,7 +132,11 @@ impl Unit {
             if let Some(st) = u.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("berth up exited ({st}):\n{text}\n{}", u.daemon_logs());
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "berth up did not come up in 60s:\n{text}\n{}", u.daemon_logs());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "berth up did not come up in 60s:\n{text}\n{}",
+                u.daemon_logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         u
@@ -134,7 +149,14 @@ impl Unit {
     /// All daemons' logs, for failure messages.
     pub fn daemon_logs(&self) -> String {
         let mut out = String::new();
-        for d in ["up", "logs/controller", "logs/agent", "logs/sandboxd", "logs/fsd", "logs/frontend"] {
+        for d in [
+            "up",
+            "logs/controller",
+            "logs/agent",
+            "logs/sandboxd",
+            "logs/fsd",
+            "logs/frontend",
+        ] {
             let p = self.state.path().join(format!("{d}.log"));
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -152,7 +174,10 @@ impl Unit {
         Command::new(self.bin.join("berth"))
             .args(args)
             .env("BERTH_API", &self.api)
-            .env("BERTH_TOKEN_FILE", self.state.path().join("controller/token"))
+            .env(
+                "BERTH_TOKEN_FILE",
+                self.state.path().join("controller/token"),
+            )
             .env_remove("BERTH_TOKEN")
             .stdin(Stdio::null())
             .output()
@@ -174,35 +199,51 @@ impl Unit {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("controller/token")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.state.path().join("controller/token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// GET through the front end with `Host: <site>.localhost`.
-    pub fn get(&self, site: &str, path_and_query: &str) -> reqwest::Result<reqwest::blocking::Response> {
+    pub fn get(
+        &self,
+        site: &str,
+        path_and_query: &str,
+    ) -> reqwest::Result<reqwest::blocking::Response> {
         let host = format!("{site}.localhost");
         reqwest::blocking::Client::builder()
             .resolve(&host, self.http)
             .timeout(Duration::from_secs(10))
             .build()?
-            .get(format!("http://{host}:{}{path_and_query}", self.http.port()))
+            .get(format!(
+                "http://{host}:{}{path_and_query}",
+                self.http.port()
+            ))
             .send()
     }
 
     /// Site JSON from `berth sites show -o json`.
     pub fn site(&self, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.berth_ok(&["sites", "show", name, "-o", "json"])).expect("site json")
+        serde_json::from_str(&self.berth_ok(&["sites", "show", name, "-o", "json"]))
+            .expect("site json")
     }
 
     /// Pid of one of this unit's daemons (by binary name).
     pub fn daemon_pid(&self, bin: &str) -> Option<i32> {
         let st = self.state.path().display().to_string();
-        crate::host::pids_with_cmdline(&[bin, &st]).into_iter().next()
+        crate::host::pids_with_cmdline(&[bin, &st])
+            .into_iter()
+            .next()
     }
 
     /// Stops `berth up` with SIGTERM and waits for it.
     pub fn down(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let start = Instant::now();
             while c.try_wait().unwrap().is_none() {
                 if start.elapsed() > Duration::from_secs(90) {
@@ -225,7 +266,10 @@ impl Drop for Unit {
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -12,7 +12,12 @@ fn body(u: &Unit, site: &str, pq: &str) -> String {
     let r = u
         .get(site, pq)
         .unwrap_or_else(|e| panic!("GET {pq} on {site}: {e}\n{}", u.daemon_logs()));
-    assert!(r.status().is_success(), "GET {pq} on {site}: {}\n{}", r.status(), u.daemon_logs());
+    assert!(
+        r.status().is_success(),
+        "GET {pq} on {site}: {}\n{}",
+        r.status(),
+        u.daemon_logs()
+    );
     r.text().unwrap()
 }
 
@@ -42,7 +47,10 @@ fn site_lifecycle_end_to_end() {
 
     // Create: the CLI waits until the site serves and prints its URL.
     let out = u.berth_ok(&["sites", "create", "hello", "--image", &image]);
-    assert!(out.contains("http://hello.localhost:"), "create prints the URL: {out}");
+    assert!(
+        out.contains("http://hello.localhost:"),
+        "create prints the URL: {out}"
+    );
     let page = body(&u, "hello", "/");
     assert!(page.contains("site: hello"), "demo page: {page}");
     let first = instance_of(&page);
@@ -59,7 +67,11 @@ fn site_lifecycle_end_to_end() {
     for _ in 0..10 {
         seen.insert(instance_of(&body(&u, "hello", "/")));
     }
-    assert_eq!(seen.len(), 2, "round robin over both instances, saw {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "round robin over both instances, saw {seen:?}"
+    );
     assert!(seen.contains(&first));
 
     // /home is shared: a file written through one instance is read through the other.
@@ -68,7 +80,10 @@ fn site_lifecycle_end_to_end() {
     for _ in 0..6 {
         let p = body(&u, "hello", "/?read=shared-note");
         if instance_of(&p) != writer {
-            assert!(p.contains(&writer), "the other instance reads what {writer} wrote: {p}");
+            assert!(
+                p.contains(&writer),
+                "the other instance reads what {writer} wrote: {p}"
+            );
             read_by_other = true;
             break;
         }
@@ -77,7 +92,11 @@ fn site_lifecycle_end_to_end() {
 
     // kill -9 the controller: the site keeps serving while it is down...
     let pid = u.daemon_pid("berth-controller").expect("controller pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", u.port_base)).is_err(),
@@ -87,10 +106,14 @@ fn site_lifecycle_end_to_end() {
         body(&u, "hello", "/");
     }
     // ...and after `berth up` restarts it, its state is intact.
-    wait_for(Duration::from_secs(30), "the controller to be restarted", || {
-        u.daemon_pid("berth-controller").is_some_and(|p| p != pid)
-            && std::net::TcpStream::connect(("127.0.0.1", u.port_base)).is_ok()
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the controller to be restarted",
+        || {
+            u.daemon_pid("berth-controller").is_some_and(|p| p != pid)
+                && std::net::TcpStream::connect(("127.0.0.1", u.port_base)).is_ok()
+        },
+    );
     let site = u.site("hello");
     assert_eq!(site["instances"], 2);
     let mut after = instance_ids(&u, "hello");
@@ -98,27 +121,50 @@ fn site_lifecycle_end_to_end() {
     after.sort();
     before.sort();
     assert_eq!(after, before, "same instances after the controller restart");
-    wait_for(Duration::from_secs(30), "both instances ready again", || {
-        u.site("hello")["instance_states"].as_array().unwrap().iter().all(|i| i["state"] == "ready")
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "both instances ready again",
+        || {
+            u.site("hello")["instance_states"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["state"] == "ready")
+        },
+    );
     body(&u, "hello", "/");
 
     // Delete: nothing of the site remains on the host.
     u.berth_ok(&["sites", "delete", "hello"]);
-    let r = u.get("hello", "/").unwrap();
-    assert_eq!(r.status().as_u16(), 404, "deleted site is not routed");
+    // The front ends learn of the delete from their watch stream, within moments.
+    wait_for(
+        Duration::from_secs(10),
+        "the front end to stop routing the deleted site",
+        || {
+            u.get("hello", "/")
+                .map(|r| r.status().as_u16() == 404)
+                .unwrap_or(false)
+        },
+    );
     let state = u.state_dir().display().to_string();
-    wait_for(Duration::from_secs(40), "every trace of the deleted site to go", || {
-        ids.iter().all(|id| {
-            host::pids_of_instance(id).is_empty()
-                && host::mounts_containing(id).is_empty()
-                && host::cgroups_containing(id).is_empty()
-                && host::netns_containing(id).is_empty()
-                && host::links_containing(id.rsplit('-').next().unwrap()).is_empty()
-        }) && host::mounts_containing(&format!("{state}/agent/volumes/hello")).is_empty()
-    });
+    wait_for(
+        Duration::from_secs(40),
+        "every trace of the deleted site to go",
+        || {
+            ids.iter().all(|id| {
+                host::pids_of_instance(id).is_empty()
+                    && host::mounts_containing(id).is_empty()
+                    && host::cgroups_containing(id).is_empty()
+                    && host::netns_containing(id).is_empty()
+                    && host::links_containing(id.rsplit('-').next().unwrap()).is_empty()
+            }) && host::mounts_containing(&format!("{state}/agent/volumes/hello")).is_empty()
+        },
+    );
     let sites = u.berth_ok(&["sites", "list", "-o", "json"]);
-    assert!(!sites.contains("\"hello\""), "site list after delete: {sites}");
+    assert!(
+        !sites.contains("\"hello\""),
+        "site list after delete: {sites}"
+    );
     u.down();
 }
 
@@ -134,17 +180,43 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         let out = u.berth(args);
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(!out.status.success(), "berth {args:?} should fail");
-        assert!(err.contains(want), "berth {args:?}: error should mention {want:?}, got: {err}");
+        assert!(
+            err.contains(want),
+            "berth {args:?}: error should mention {want:?}, got: {err}"
+        );
     };
-    fail(&["sites", "create", "Bad_Name", "--image", &image], "invalid");
+    fail(
+        &["sites", "create", "Bad_Name", "--image", &image],
+        "invalid",
+    );
     fail(&["sites", "create", "../etc", "--image", &image], "invalid");
     let missing = format!("{}/nope:1", reg.addr);
-    fail(&["sites", "create", "missing", "--image", &missing], "not found");
+    fail(
+        &["sites", "create", "missing", "--image", &missing],
+        "not found",
+    );
     let port = berth_tests::free_port_base(1);
     let unreachable = format!("127.0.0.1:{port}/hello:1");
-    fail(&["sites", "create", "unreach", "--image", &unreachable], "unreachable");
-    fail(&["sites", "create", "noentry", "--image", &noentry], "entrypoint");
-    fail(&["sites", "create", "neg", "--image", &image, "--instances", "-3"], "0 or more");
+    fail(
+        &["sites", "create", "unreach", "--image", &unreachable],
+        "unreachable",
+    );
+    fail(
+        &["sites", "create", "noentry", "--image", &noentry],
+        "entrypoint",
+    );
+    fail(
+        &[
+            "sites",
+            "create",
+            "neg",
+            "--image",
+            &image,
+            "--instances",
+            "-3",
+        ],
+        "0 or more",
+    );
 
     // The API itself rejects what the CLI would have caught.
     let http = reqwest::blocking::Client::new();
@@ -174,8 +246,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     fail(&["scale", "nosuch", "1"], "not found");
 
     // Nothing half-made: only the good site exists, with one instance on the worker.
-    let list: serde_json::Value = serde_json::from_str(&u.berth_ok(&["sites", "list", "-o", "json"])).unwrap();
-    let names: Vec<&str> = list["sites"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let list: serde_json::Value =
+        serde_json::from_str(&u.berth_ok(&["sites", "list", "-o", "json"])).unwrap();
+    let names: Vec<&str> = list["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["good"]);
     let inst_dir = u.state_dir().join("agent/instances");
     let n = std::fs::read_dir(&inst_dir).map(|d| d.count()).unwrap_or(0);
