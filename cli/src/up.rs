@@ -208,7 +208,7 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
         started_at: Instant::now(),
         restart_at: None,
     };
-    let mut daemons = vec![
+    let mut daemons = [
         mk(
             "controller",
             "berth-controller",
