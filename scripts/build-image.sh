@@ -92,10 +92,10 @@ echo "site: ${BERTH_SITE:-}"
 n=$(cat /home/visits 2>/dev/null || true)
 case "$n" in '' | *[!0-9]*) n=0 ;; esac
 n=$((n + 1))
-if echo "$n" >"/home/visits.tmp.$$" 2>/dev/null && mv -f "/home/visits.tmp.$$" /home/visits; then
+if echo "$n" >"/home/.visits.$BERTH_INSTANCE_ID.$$" 2>/dev/null && mv -f "/home/.visits.$BERTH_INSTANCE_ID.$$" /home/visits; then
     echo "visits: $n"
 else
-    rm -f "/home/visits.tmp.$$"
+    rm -f "/home/.visits.$BERTH_INSTANCE_ID.$$"
     echo "visits: $n (not saved: /home is not writable)"
 fi
 key=
@@ -127,7 +127,7 @@ if [ "$ENTRYPOINT" = yes ]; then
     umoci config --image "$LAYOUT:$TAG" \
         --config.entrypoint /bin/sh \
         --config.entrypoint -c \
-        --config.entrypoint 'exec /bin/busybox httpd -f -v -p "${PORT:-8080}" -h /www'
+        --config.entrypoint '/bin/busybox httpd -f -v -p "${PORT:-8080}" -h /www & pid=$!; trap "kill -TERM \$pid; wait \$pid; exit 0" TERM INT; wait $pid'
 else
     umoci config --image "$LAYOUT:$TAG" --clear=config.entrypoint --clear=config.cmd
 fi
