@@ -165,7 +165,18 @@ fn site_lifecycle_end_to_end() {
         !sites.contains("\"hello\""),
         "site list after delete: {sites}"
     );
+
+    // Ctrl-C of `berth up` stops every daemon and leaves no mount or process behind.
     u.down();
+    assert!(
+        host::pids_with_cmdline(&[&state]).is_empty(),
+        "a daemon of the unit survived berth up's exit"
+    );
+    assert!(
+        host::mounts_containing(&state).is_empty(),
+        "mounts left: {:?}",
+        host::mounts_containing(&state)
+    );
 }
 
 #[test]
