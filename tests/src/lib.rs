@@ -6,6 +6,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which
 //! `scripts/test.sh` does): `cargo test` does not build other packages' binaries.
 
+pub mod attack;
 pub mod host;
 pub mod unit;
 
