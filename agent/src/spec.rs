@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use berth_api::control::Assignment;
-use berth_api::sandbox::{BindMount, CreateRequest, Resources};
+use berth_api::sandbox::{BindMount, CreateRequest, IdMapping, Resources};
 use thiserror::Error;
 
 /// The parts of an OCI image config the agent needs to start a process.
@@ -88,6 +88,8 @@ pub struct PreparedPaths<'a> {
     /// Host directory mounted as `/home`, if the instance has a volume.
     pub home: Option<&'a Path>,
     pub log: &'a Path,
+    /// Host id range the sandbox's root maps to (its own user namespace).
+    pub id_mapping: Option<IdMapping>,
 }
 
 /// The sandboxd request that creates the instance's sandbox.
@@ -131,10 +133,13 @@ pub fn create_request(
             memory_bytes: assignment.memory_mb.saturating_mul(1024 * 1024),
             cpu_millis: assignment.cpu_millis,
             pids_max: assignment.pids_max,
+            ..Default::default()
         }),
         log_path: paths.log.display().to_string(),
         uid: 0,
         gid: 0,
+        id_mapping: paths.id_mapping,
+        ..Default::default()
     })
 }
 
@@ -252,6 +257,10 @@ mod tests {
                 netns: &netns,
                 home: Some(&home),
                 log: &log,
+                id_mapping: Some(IdMapping {
+                    host_id: 1_000_000,
+                    size: 65_536,
+                }),
             },
         )
         .unwrap();
@@ -269,6 +278,7 @@ mod tests {
         assert_eq!(res.pids_max, 100);
         assert_eq!(req.log_path, "/s/logs/hello-1.log");
         assert_eq!((req.uid, req.gid), (0, 0));
+        assert_eq!(req.id_mapping.unwrap().host_id, 1_000_000);
     }
 
     #[test]
@@ -279,6 +289,7 @@ mod tests {
             netns: &p,
             home: None,
             log: &p,
+            id_mapping: None,
         };
         let img = ProcessConfig {
             cmd: vec!["/bin/sh".into()],

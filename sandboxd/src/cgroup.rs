@@ -1,6 +1,8 @@
 //! Looks at a sandbox's cgroup from the outside: which processes are left, killing
-//! them all, whether the memory controller OOM-killed one, and removing what
-//! libcontainer left behind.
+//! them all at once (`cgroup.kill` on v2; freeze, SIGKILL, thaw on v1, so nothing can
+//! fork away between reading the pid list and the signal), how many the memory
+//! controller OOM-killed, what the sandbox uses (cpu, memory, pids), and removing what
+//! libcontainer left behind, including the site's parent cgroup once it is empty.
 //!
 //! Works on cgroup v1 (legacy and hybrid layouts, where libcgroups uses its v1
 //! manager: the path is joined to every controller's mount point) and on v2 (one
@@ -36,7 +38,21 @@ pub struct SandboxCgroup {
     memory_dir: PathBuf,
     /// Every directory of this cgroup across controllers.
     all_dirs: Vec<PathBuf>,
+    /// Freezer directory (v1 only).
+    freezer_dir: Option<PathBuf>,
+    /// cpuacct directory (v1) or the unified directory (v2).
+    cpu_dir: PathBuf,
     unified: bool,
+}
+
+/// Resource usage of one sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_max_bytes: u64,
+    pub pids: u64,
+    pub oom_kills: u64,
 }
 
 fn join(mount: &Path, cgroup_path: &Path) -> PathBuf {
@@ -59,7 +75,9 @@ impl SandboxCgroup {
                 Ok(Self {
                     procs_dir: dir.clone(),
                     memory_dir: dir.clone(),
+                    cpu_dir: dir.clone(),
                     all_dirs: vec![dir],
+                    freezer_dir: None,
                     unified: true,
                 })
             }
@@ -85,10 +103,18 @@ impl SandboxCgroup {
                         all_dirs.push(d.clone());
                     }
                 }
+                let freezer_dir = mount_of(ControllerType::Freezer, "freezer")
+                    .ok()
+                    .map(|m| join(&m, cgroup_path));
+                let cpu_dir = mount_of(ControllerType::CpuAcct, "cpuacct")
+                    .map(|m| join(&m, cgroup_path))
+                    .unwrap_or_else(|_| memory.clone());
                 Ok(Self {
                     procs_dir: procs,
                     memory_dir: memory,
+                    cpu_dir,
                     all_dirs,
+                    freezer_dir,
                     unified: false,
                 })
             }
@@ -130,17 +156,79 @@ impl SandboxCgroup {
         Ok(sent)
     }
 
-    /// Whether the kernel OOM-killed a process of this cgroup (best effort: false
-    /// when the counter cannot be read).
-    pub fn oom_killed(&self) -> bool {
+    /// Kills every process of the cgroup at once: `cgroup.kill` on v2; on v1 the
+    /// cgroup is frozen first so no process can fork between reading the pid list and
+    /// the signal, then SIGKILLed and thawed (a frozen process dies once thawed).
+    /// Returns how many processes were signalled (v1) or 0 (v2: the kernel counts).
+    pub fn kill_all(&self) -> io::Result<usize> {
+        if self.unified {
+            let kill_file = self.procs_dir.join("cgroup.kill");
+            if kill_file.exists() {
+                return std::fs::write(kill_file, "1").map(|()| 0);
+            }
+            return self.signal_all(Signal::SIGKILL);
+        }
+        let Some(freezer) = self.freezer_dir.as_ref().filter(|d| d.is_dir()) else {
+            return self.signal_all(Signal::SIGKILL);
+        };
+        let state = freezer.join("freezer.state");
+        std::fs::write(&state, "FROZEN")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::fs::read_to_string(&state)?.trim() != "FROZEN"
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let sent = self.signal_all(Signal::SIGKILL);
+        let thawed = std::fs::write(&state, "THAWED");
+        let sent = sent?;
+        thawed?;
+        Ok(sent)
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup (0 when the counter
+    /// cannot be read).
+    pub fn oom_kills(&self) -> u64 {
         let file = if self.unified {
             "memory.events"
         } else {
             "memory.oom_control"
         };
         std::fs::read_to_string(self.memory_dir.join(file))
-            .map(|s| oom_kill_count(&s) > 0)
-            .unwrap_or(false)
+            .map(|s| oom_kill_count(&s))
+            .unwrap_or(0)
+    }
+
+    /// Whether the kernel OOM-killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_kills() > 0
+    }
+
+    /// Current usage (fields that cannot be read are 0).
+    pub fn usage(&self) -> Usage {
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let pids = num(read(&self.procs_dir, "pids.current"));
+        if self.unified {
+            let cpu_usage_ns = read(&self.cpu_dir, "cpu.stat")
+                .map(|s| stat_field(&s, "usage_usec").saturating_mul(1000))
+                .unwrap_or(0);
+            Usage {
+                cpu_usage_ns,
+                memory_bytes: num(read(&self.memory_dir, "memory.current")),
+                memory_max_bytes: num(read(&self.memory_dir, "memory.peak")),
+                pids,
+                oom_kills: self.oom_kills(),
+            }
+        } else {
+            Usage {
+                cpu_usage_ns: num(read(&self.cpu_dir, "cpuacct.usage")),
+                memory_bytes: num(read(&self.memory_dir, "memory.usage_in_bytes")),
+                memory_max_bytes: num(read(&self.memory_dir, "memory.max_usage_in_bytes")),
+                pids,
+                oom_kills: self.oom_kills(),
+            }
+        }
     }
 
     /// Removes directories libcontainer left (best effort; empty cgroups only).
@@ -153,15 +241,36 @@ impl SandboxCgroup {
     }
 }
 
-/// Parses the `oom_kill N` line of `memory.oom_control` (v1) or `memory.events` (v2).
-pub fn oom_kill_count(contents: &str) -> u64 {
+/// Removes the site's parent cgroup `/berth/<site>` in every hierarchy when it holds
+/// no sandbox any more (best effort: a non-empty or busy directory stays).
+pub fn remove_site_dirs(site_path: &Path) {
+    let Ok(site) = SandboxCgroup::locate(site_path) else {
+        return;
+    };
+    for dir in site.existing_dirs() {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "removed the site cgroup"),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), %err, "removing the site cgroup directory")
+            }
+        }
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`cpu.stat`, `memory.events`).
+pub fn stat_field(contents: &str, key: &str) -> u64 {
     contents
         .lines()
         .find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == "oom_kill").then(|| value.trim().parse().ok())?
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0)
+}
+
+/// Parses the `oom_kill N` line of `memory.oom_control` (v1) or `memory.events` (v2).
+pub fn oom_kill_count(contents: &str) -> u64 {
+    stat_field(contents, "oom_kill")
 }
 
 #[cfg(test)]
@@ -175,6 +284,13 @@ mod tests {
         let v2 = "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n";
         assert_eq!(oom_kill_count(v2), 1);
         assert_eq!(oom_kill_count("oom_kill_disable 0\n"), 0);
+    }
+
+    #[test]
+    fn parses_v2_cpu_stat() {
+        let stat = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
+        assert_eq!(stat_field(stat, "usage_usec"), 1500);
+        assert_eq!(stat_field(stat, "nr_throttled"), 0);
     }
 
     #[test]

@@ -39,11 +39,16 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HelperRequest {
     /// Build the container from `bundle` (init waits for start); stdio to `log_path`.
+    /// The helper first joins the network namespace at `netns` (if any): the spec
+    /// does not name it, because libcontainer enters named namespaces only after
+    /// creating the user namespace, from where the host's namespaces cannot be joined.
     Create {
         id: String,
         bundle: PathBuf,
         state_root: PathBuf,
         log_path: PathBuf,
+        #[serde(default)]
+        netns: Option<PathBuf>,
     },
     /// Let a created container's init exec the process.
     Start { id: String, state_root: PathBuf },
@@ -188,6 +193,15 @@ pub fn helper_main(arg: &str) -> i32 {
     code
 }
 
+/// Moves this (single-threaded) helper into the network namespace at `path`; the
+/// container's processes, cloned from here, inherit it.
+fn join_netns(path: &Path) -> Result<(), String> {
+    let ns = File::open(path)
+        .map_err(|e| format!("opening the network namespace {}: {e}", path.display()))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("joining the network namespace {}: {e}", path.display()))
+}
+
 fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
     match req {
         HelperRequest::Create {
@@ -195,7 +209,11 @@ fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
             bundle,
             state_root,
             log_path,
+            netns,
         } => {
+            if let Some(netns) = netns {
+                join_netns(netns)?;
+            }
             let log = OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -15,6 +15,7 @@ pub mod helper;
 pub mod metrics;
 pub mod reaper;
 pub mod sandboxes;
+pub mod seccomp;
 pub mod server;
 pub mod service;
 pub mod spec;

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the daemon and the `/metrics` HTTP endpoint.
 //!
-//! Only counts and timings; never ids, paths or anything a tenant chose.
+//! Counts and timings of the daemon, OOM kills per site
+//! (`berth_sandboxd_oom_kills_total{site}`) and per-instance usage gauges labelled
+//! with site and instance (both names the platform validated); never paths, env or
+//! anything else a tenant chose.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +13,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -29,8 +34,29 @@ pub enum MetricsError {
     Serve(#[source] std::io::Error),
 }
 
+/// Label of per-site series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    pub site: String,
+}
+
+/// Labels of per-instance series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub site: String,
+    pub instance: String,
+}
+
 /// The daemon's metrics.
 pub struct Metrics {
+    /// Processes the kernel OOM-killed inside sandboxes, by site.
+    pub oom_kills: Family<SiteLabel, Counter>,
+    /// CPU time used by an instance, in nanoseconds.
+    pub cpu_usage_ns: Family<InstanceLabels, Gauge>,
+    /// Memory charged to an instance's cgroup.
+    pub memory_bytes: Family<InstanceLabels, Gauge>,
+    /// Processes (tasks) in an instance.
+    pub pids: Family<InstanceLabels, Gauge>,
     registry: Registry,
     /// Sandboxes whose process is running.
     pub running: Gauge,
@@ -73,8 +99,36 @@ impl Metrics {
             "Sandbox creates or starts that failed",
             failures.clone(),
         );
+        let oom_kills = Family::<SiteLabel, Counter>::default();
+        registry.register(
+            "berth_sandboxd_oom_kills",
+            "Processes the kernel OOM-killed inside sandboxes, by site",
+            oom_kills.clone(),
+        );
+        let cpu_usage_ns = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "berth_sandboxd_instance_cpu_usage_nanoseconds",
+            "CPU time used by the instance's cgroup",
+            cpu_usage_ns.clone(),
+        );
+        let memory_bytes = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "berth_sandboxd_instance_memory_bytes",
+            "Memory charged to the instance's cgroup",
+            memory_bytes.clone(),
+        );
+        let pids = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "berth_sandboxd_instance_pids",
+            "Processes in the instance's cgroup",
+            pids.clone(),
+        );
         Self {
             registry,
+            oom_kills,
+            cpu_usage_ns,
+            memory_bytes,
+            pids,
             running,
             create_seconds,
             starts,
@@ -131,12 +185,18 @@ mod tests {
         m.starts.inc();
         m.running.set(2);
         m.create_seconds.observe(0.02);
+        m.oom_kills
+            .get_or_create(&SiteLabel {
+                site: "hello".into(),
+            })
+            .inc();
         let text = m.encode();
         for name in [
             "sandboxes_running 2",
             "sandbox_starts_total 1",
             "sandbox_failures_total 0",
             "sandbox_create_seconds_count 1",
+            "berth_sandboxd_oom_kills_total{site=\"hello\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in {text}");
         }

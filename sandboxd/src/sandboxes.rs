@@ -4,7 +4,13 @@
 //! itself only ever runs in helper processes ([`crate::helper`]); this module writes
 //! bundles, signals processes, watches cgroups and keeps the records
 //! ([`crate::store`]). It never leaves a half-created sandbox behind: a failed create
-//! is deleted again.
+//! is deleted again, and the site's parent cgroup goes with its last sandbox.
+//!
+//! A monitor task ([`Sandboxes::monitor`]) reads every live sandbox's cgroup once a
+//! second: OOM kills become log events tagged with site and instance and the
+//! `berth_sandboxd_oom_kills_total{site}` counter; usage becomes per-instance gauges.
+//! A restarted daemon re-adopts the sandboxes on disk whose init is still the same
+//! process (pid and start time), keeps reporting them and can stop and delete them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,9 +23,9 @@ use nix::unistd::Pid;
 use thiserror::Error;
 use tracing::Instrument;
 
-use crate::cgroup::SandboxCgroup;
+use crate::cgroup::{SandboxCgroup, Usage};
 use crate::helper::{self, HelperRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{InstanceLabels, Metrics, SiteLabel};
 use crate::reaper::Reaper;
 use crate::store::{Record, Status, Store, StoreError};
 use crate::validate::{self, ValidationError};
@@ -30,6 +36,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long to keep SIGKILLing a cgroup before giving up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of the OOM and usage monitor.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of sandbox operations.
 #[derive(Debug, Error)]
@@ -118,6 +127,8 @@ pub struct Sandboxes {
     records: Mutex<BTreeMap<String, Record>>,
     /// One lock per id so operations on a sandbox do not interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// OOM kills already reported, per id.
+    oom_seen: Mutex<HashMap<String, u64>>,
 }
 
 /// State letter and start time (clock ticks since boot) of a process, from
@@ -182,13 +193,102 @@ impl Sandboxes {
             store,
             records: Mutex::new(records),
             locks: Mutex::new(HashMap::new()),
+            oom_seen: Mutex::new(HashMap::new()),
         });
         this.update_gauge();
         for (id, pid) in adopted {
-            tracing::info!(id, pid, "watching a sandbox started by an earlier sandboxd");
+            tracing::info!(
+                id,
+                pid,
+                "re-adopted a sandbox started by an earlier sandboxd"
+            );
             this.clone().watch(id, pid, false);
         }
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { break };
+                this.monitor();
+            }
+        });
         Ok(this)
+    }
+
+    /// One pass of the monitor: reports new OOM kills and refreshes usage gauges of
+    /// every sandbox that is not stopped.
+    pub fn monitor(&self) {
+        let live: Vec<Record> = self
+            .records
+            .lock()
+            .expect("records poisoned")
+            .values()
+            .filter(|r| r.status != Status::Stopped)
+            .cloned()
+            .collect();
+        for r in live {
+            let Ok(cgroup) = SandboxCgroup::locate(&r.cgroup_path) else {
+                continue;
+            };
+            let usage = cgroup.usage();
+            self.report_ooms(&r.id, &r.site, usage.oom_kills);
+            let labels = InstanceLabels {
+                site: r.site.clone(),
+                instance: r.id.clone(),
+            };
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.metrics
+                .cpu_usage_ns
+                .get_or_create(&labels)
+                .set(gauge(usage.cpu_usage_ns));
+            self.metrics
+                .memory_bytes
+                .get_or_create(&labels)
+                .set(gauge(usage.memory_bytes));
+            self.metrics
+                .pids
+                .get_or_create(&labels)
+                .set(gauge(usage.pids));
+        }
+    }
+
+    /// Turns OOM kills not reported yet into an event and the per-site counter.
+    fn report_ooms(&self, id: &str, site: &str, total: u64) {
+        let mut seen = self.oom_seen.lock().expect("oom_seen poisoned");
+        let before = seen.get(id).copied().unwrap_or(0);
+        if total > before {
+            let new = total - before;
+            seen.insert(id.to_string(), total);
+            drop(seen);
+            tracing::warn!(
+                site,
+                instance = id,
+                oom_kills = new,
+                total,
+                "oom kill in sandbox: the memory limit killed a process"
+            );
+            self.metrics
+                .oom_kills
+                .get_or_create(&SiteLabel {
+                    site: site.to_string(),
+                })
+                .inc_by(new);
+        }
+    }
+
+    /// Resource usage of one sandbox, read from its cgroup now.
+    pub fn stats(&self, id: &str) -> Result<(Record, Usage), SandboxError> {
+        validate::id(id)?;
+        let record = self
+            .get_record(id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        let cgroup =
+            SandboxCgroup::locate(&record.cgroup_path).map_err(|source| SandboxError::Cgroup {
+                id: id.to_string(),
+                source,
+            })?;
+        Ok((record, cgroup.usage()))
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -230,9 +330,14 @@ impl Sandboxes {
 
     /// Marks the sandbox stopped if its init is still `pid` and it is not already.
     fn mark_stopped(&self, id: &str, pid: i32, exit_code: i32) {
-        let oom = self
-            .get_record(id)
-            .is_some_and(|r| SandboxCgroup::locate(&r.cgroup_path).is_ok_and(|c| c.oom_killed()));
+        let record = self.get_record(id);
+        let oom_kills = record.as_ref().map_or(0, |r| {
+            SandboxCgroup::locate(&r.cgroup_path).map_or(0, |c| c.oom_kills())
+        });
+        if let Some(r) = &record {
+            self.report_ooms(id, &r.site, oom_kills);
+        }
+        let oom = oom_kills > 0;
         let res = self.update(|records| {
             if let Some(r) = records.get_mut(id) {
                 if r.pid == pid && r.status != Status::Stopped {
@@ -317,6 +422,15 @@ impl Sandboxes {
                 if let Err(cleanup) = self.remove_container(&req.id, Some(&cgroup)).await {
                     tracing::error!(err = %cleanup, "cleaning up after a failed create");
                 }
+                let site_empty = !self
+                    .records
+                    .lock()
+                    .expect("records poisoned")
+                    .values()
+                    .any(|r| r.site == req.site);
+                if site_empty {
+                    crate::cgroup::remove_site_dirs(&spec::site_cgroup_path(&req.site));
+                }
             }
         }
         result
@@ -354,6 +468,7 @@ impl Sandboxes {
                 bundle,
                 state_root: self.layout.containers.clone(),
                 log_path: PathBuf::from(&req.log_path),
+                netns: Some(PathBuf::from(&req.netns_path)),
             },
             &self.reaper,
         )
@@ -493,7 +608,10 @@ impl Sandboxes {
                     ),
                 });
             }
-            let _ = cgroup.signal_all(Signal::SIGKILL);
+            if let Err(err) = cgroup.kill_all() {
+                tracing::warn!(%err, "killing the cgroup at once failed; signalling each process");
+                let _ = cgroup.signal_all(Signal::SIGKILL);
+            }
             if !init_gone {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 exit = self
@@ -533,14 +651,31 @@ impl Sandboxes {
         self.remove_container(id, record.as_ref().map(|r| r.cgroup_path.as_path()))
             .await?;
         if let Some(r) = record {
+            let mut site_empty = false;
             self.update(|records| {
                 records.remove(id);
+                site_empty = !records.values().any(|o| o.site == r.site);
             })?;
             self.reaper.forget(r.pid);
+            self.forget_metrics(&r.site, id);
+            if site_empty {
+                crate::cgroup::remove_site_dirs(&spec::site_cgroup_path(&r.site));
+            }
         }
         self.locks.lock().expect("locks poisoned").remove(id);
         tracing::info!("sandbox deleted");
         Ok(())
+    }
+
+    fn forget_metrics(&self, site: &str, id: &str) {
+        self.oom_seen.lock().expect("oom_seen poisoned").remove(id);
+        let labels = InstanceLabels {
+            site: site.to_string(),
+            instance: id.to_string(),
+        };
+        self.metrics.cpu_usage_ns.remove(&labels);
+        self.metrics.memory_bytes.remove(&labels);
+        self.metrics.pids.remove(&labels);
     }
 
     /// Removes libcontainer state (and with it the cgroups), leftover cgroup

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use berth_api::sandbox::sandboxes_server::Sandboxes as SandboxesApi;
 use berth_api::sandbox::{
-    CreateRequest, DeleteResponse, ListRequest, ListResponse, SandboxId, SandboxInfo, StopRequest,
+    CreateRequest, DeleteResponse, ListRequest, ListResponse, SandboxId, SandboxInfo, SandboxStats,
+    StopRequest,
 };
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -98,5 +99,22 @@ impl SandboxesApi for SandboxesService {
             .get(&request.get_ref().id)
             .map(Response::new)
             .map_err(status)
+    }
+
+    #[instrument(skip_all, fields(sandbox = %request.get_ref().id))]
+    async fn stats(&self, request: Request<SandboxId>) -> Result<Response<SandboxStats>, Status> {
+        let (record, usage) = self
+            .sandboxes
+            .stats(&request.get_ref().id)
+            .map_err(status)?;
+        Ok(Response::new(SandboxStats {
+            id: record.id,
+            site: record.site,
+            cpu_usage_ns: usage.cpu_usage_ns,
+            memory_bytes: usage.memory_bytes,
+            memory_max_bytes: usage.memory_max_bytes,
+            pids: usage.pids,
+            oom_kills: usage.oom_kills,
+        }))
     }
 }

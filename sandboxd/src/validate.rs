@@ -28,6 +28,8 @@ pub enum ValidationError {
     BindSource(String),
     #[error("env entry {0:?} is not KEY=VALUE")]
     Env(String),
+    #[error("id mapping to host ids {host_id}+{size} is invalid: give a size of at least 1 and a range above host id 0 that fits in 32 bits")]
+    IdMapping { host_id: u32, size: u32 },
 }
 
 fn is_name(s: &str) -> bool {
@@ -80,6 +82,14 @@ pub fn create_request(req: &CreateRequest) -> Result<(), ValidationError> {
     }
     if !req.cwd.is_empty() {
         absolute("cwd", &req.cwd)?;
+    }
+    if let Some(m) = req.id_mapping {
+        if m.size == 0 || m.host_id == 0 || m.host_id.checked_add(m.size).is_none() {
+            return Err(ValidationError::IdMapping {
+                host_id: m.host_id,
+                size: m.size,
+            });
+        }
     }
     for e in &req.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::sandbox::sandboxes_client::SandboxesClient;
 use berth_api::sandbox::{
-    BindMount, CreateRequest, ListRequest, Resources, SandboxId, SandboxStatus, StopRequest,
+    BindMount, CreateRequest, IdMapping, ListRequest, Resources, SandboxId, SandboxStatus,
+    StopRequest,
 };
 use tonic::transport::Channel;
 
@@ -163,7 +164,8 @@ fn busybox_rootfs(root: &Path) {
     )
     .unwrap();
     for applet in [
-        "sh", "sleep", "cat", "id", "ps", "echo", "touch", "hostname", "ls", "true",
+        "sh", "sleep", "cat", "id", "ps", "echo", "touch", "hostname", "ls", "true", "dd",
+        "unshare", "setsid", "wc", "grep", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -272,10 +274,12 @@ async fn sandbox_lifecycle() {
             memory_bytes: 64 << 20,
             cpu_millis: 500,
             pids_max: 64,
+            ..Default::default()
         }),
         log_path: log.to_str().unwrap().into(),
         uid: 0,
         gid: 0,
+        ..Default::default()
     };
     let t = Instant::now();
     let created = client.create(req.clone()).await.unwrap().into_inner();
@@ -494,8 +498,7 @@ async fn sandbox_lifecycle() {
             ],
             resources: Some(Resources {
                 memory_bytes: 16 << 20,
-                cpu_millis: 0,
-                pids_max: 0,
+                ..Default::default()
             }),
             log_path: log4.to_str().unwrap().into(),
             ..Default::default()
@@ -524,6 +527,13 @@ async fn sandbox_lifecycle() {
         "{oomed:?}; log: {:?}",
         std::fs::read_to_string(&log4)
     );
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "berth_sandboxd_oom_kills_total{{site=\"{site}\"}} 1"
+        )),
+        "{metrics}"
+    );
     client.delete(SandboxId { id: id4.clone() }).await.unwrap();
 
     let list = client.list(ListRequest {}).await.unwrap().into_inner();
@@ -532,6 +542,10 @@ async fn sandbox_lifecycle() {
     assert!(metrics.contains("sandboxes_running 0"), "{metrics}");
 
     assert_eq!(zombies_of(daemon.child.as_ref().unwrap().id()), 0);
+    assert!(
+        !memory_cgroup(&site, "").exists(),
+        "site cgroup left after its last sandbox was deleted"
+    );
     drop(client);
     let status = daemon.terminate();
     assert!(status.success(), "sandboxd exited with {status}");
@@ -607,4 +621,260 @@ async fn records_survive_restart() {
     for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
     }
+}
+
+/// Host id range of the hardened test sandboxes (unique per test process).
+fn host_id_base() -> u32 {
+    2_000_000 + (std::process::id() % 1000) * 65_536
+}
+
+fn chown_tree(path: &Path, id: u32) {
+    run(
+        "chown",
+        &["-R", "-h", &format!("{id}:{id}"), path.to_str().unwrap()],
+    );
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+fn cgroup_file(controller: &str, site: &str, id: &str, file: &str) -> String {
+    let path = format!("/sys/fs/cgroup/{controller}/berth/{site}/{id}/{file}");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// Every property of a hardened sandbox, checked from inside (the app's log) and
+/// from the host: user namespace mapping, a host-owned file the sandbox's root
+/// cannot write, seccomp (EPERM), capabilities, no_new_privs, masked and read-only
+/// paths, minimal /dev, /tmp size limit, read-only rootfs, cpu and io weights,
+/// stats, and a Stop that leaves no daemonized grandchild behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardened_sandbox() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The sandbox's root is an unprivileged host uid: it must be able to traverse.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let u = unique();
+    let host_id = host_id_base();
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs);
+    // Stand-in for the agent's idmapped overlay: the image owned by the site's root.
+    chown_tree(&rootfs, host_id);
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(shared.join("host.txt"), "host-owned\n").unwrap();
+    std::fs::set_permissions(
+        shared.join("host.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let netns = Netns::new(format!("berth-test-h{u}"));
+    let daemon = Daemon::start(dir);
+    let mut client = daemon.client().await;
+    let site = format!("hard-{u}");
+    let id = format!("hd-{u}");
+    let log = dir.join("hard.log");
+
+    let script = r#"
+cat /proc/self/uid_map
+echo uid=$(id -u)
+echo x >> /data/host.txt && echo host-write-ok || echo host-write-denied
+echo x > /data/new.txt && echo new-file-ok
+unshare -U true 2>&1 | grep -q 'not permitted' && echo unshare-eperm
+echo timer_list=$(wc -c < /proc/timer_list)
+echo keys=$(wc -c < /proc/keys)
+echo acpi=$(ls /proc/acpi | wc -l)
+echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo procsys-writable || echo procsys-ro
+echo 1 > /proc/sysrq-trigger 2>/dev/null && echo sysrq-writable || echo sysrq-ro
+dd if=/dev/zero of=/tmp/fill bs=1024 count=4096 2>&1 | grep -q 'No space' && echo tmp-enospc
+touch /rootfile && echo rootfs-writable
+grep NoNewPrivs /proc/self/status
+echo x > /dev/null && echo devnull-ok
+setsid sh -c 'trap "" TERM; while :; do sleep 1; done' &
+trap '' TERM
+echo ready
+while :; do sleep 1; done
+"#;
+    let req = CreateRequest {
+        id: id.clone(),
+        site: site.clone(),
+        rootfs: rootfs.to_str().unwrap().into(),
+        netns_path: netns.path(),
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        mounts: vec![BindMount {
+            source: shared.to_str().unwrap().into(),
+            destination: "/data".into(),
+            read_only: false,
+        }],
+        resources: Some(Resources {
+            memory_bytes: 64 << 20,
+            cpu_millis: 500,
+            pids_max: 64,
+            swap_bytes: 0,
+            cpu_weight: 200,
+            io_weight: 300,
+        }),
+        log_path: log.to_str().unwrap().into(),
+        id_mapping: Some(IdMapping {
+            host_id,
+            size: 65_536,
+        }),
+        tmp_bytes: 1 << 20,
+        ..Default::default()
+    };
+    client.create(req.clone()).await.unwrap();
+    let pid = client
+        .start(SandboxId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    let out = wait_for_log(&log, &["ready"]);
+    eprintln!("hardened app log:\n{out}");
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    assert_eq!(fields, ["0", &host_id.to_string(), "65536"], "{uid_map}");
+    let gid_map = std::fs::read_to_string(format!("/proc/{pid}/gid_map")).unwrap();
+    assert!(gid_map.contains(&host_id.to_string()), "{gid_map}");
+    assert_eq!(
+        status_field(pid, "Uid:").split_whitespace().next(),
+        Some(host_id.to_string().as_str())
+    );
+    for want in [
+        "uid=0",
+        "host-write-denied",
+        "new-file-ok",
+        "unshare-eperm",
+        "timer_list=0",
+        "keys=0",
+        "acpi=0",
+        "procsys-ro",
+        "sysrq-ro",
+        "tmp-enospc",
+        "rootfs-writable",
+        "NoNewPrivs:\t1",
+        "devnull-ok",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in the app log:\n{out}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(shared.join("host.txt")).unwrap(),
+        "host-owned\n"
+    );
+    // A file the sandbox's root creates belongs to its host uid, not host root.
+    let meta = std::fs::metadata(shared.join("new.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), host_id);
+
+    // Docker's default capability set, nothing more.
+    assert_eq!(status_field(pid, "CapEff:"), "00000000a80425fb");
+    assert_eq!(status_field(pid, "CapBnd:"), "00000000a80425fb");
+    assert_eq!(status_field(pid, "Seccomp:"), "2");
+    // Minimal /dev: character devices, directories and symlinks only.
+    for entry in std::fs::read_dir(format!("/proc/{pid}/root/dev")).unwrap() {
+        let entry = entry.unwrap();
+        let ft = entry.file_type().unwrap();
+        assert!(
+            !std::os::unix::fs::FileTypeExt::is_block_device(&ft),
+            "block device {:?} in the sandbox's /dev",
+            entry.path()
+        );
+    }
+    assert!(Path::new(&format!("/proc/{pid}/root/dev/urandom")).exists());
+    assert!(!Path::new(&format!("/proc/{pid}/root/dev/kmsg")).exists());
+    assert!(!Path::new(&format!("/proc/{pid}/root/dev/mem")).exists());
+
+    // Weights and limits in the cgroup files (v1 here; v2 in the spec unit tests).
+    if Path::new("/sys/fs/cgroup/cpu").is_dir() {
+        assert_eq!(cgroup_file("cpu", &site, &id, "cpu.shares").trim(), "2048");
+        assert_eq!(
+            cgroup_file("cpu", &site, &id, "cpu.cfs_quota_us").trim(),
+            "50000"
+        );
+        assert_eq!(cgroup_file("pids", &site, &id, "pids.max").trim(), "64");
+        assert_eq!(
+            cgroup_file("memory", &site, &id, "memory.memsw.limit_in_bytes").trim(),
+            (64u64 << 20).to_string()
+        );
+        let blkio = cgroup_file("blkio", &site, &id, "blkio.bfq.weight");
+        assert!(blkio.contains("300"), "blkio.bfq.weight: {blkio}");
+    } else {
+        let dir = format!("/sys/fs/cgroup/berth/{site}/{id}");
+        let weight = std::fs::read_to_string(format!("{dir}/cpu.weight")).unwrap();
+        assert!(weight.trim().parse::<u32>().unwrap() > 100, "{weight}");
+    }
+
+    // Stats through the API and as metrics.
+    let stats = client
+        .stats(SandboxId { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.pids >= 3, "{stats:?}");
+    assert!(stats.memory_bytes > 0, "{stats:?}");
+    assert!(stats.cpu_usage_ns > 0, "{stats:?}");
+    assert_eq!(stats.site, site);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = daemon.metrics();
+    let series = format!("berth_sandboxd_instance_pids{{site=\"{site}\",instance=\"{id}\"}}");
+    assert!(metrics.contains(&series), "{metrics}");
+
+    // Stop: the daemonized grandchild ignoring SIGTERM dies with the cgroup.
+    let procs: Vec<i32> = cgroup_file("pids", &site, &id, "cgroup.procs")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(procs.len() >= 3, "{procs:?}");
+    let stopped = client
+        .stop(StopRequest {
+            id: id.clone(),
+            grace_ms: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.status, SandboxStatus::Stopped as i32);
+    for p in &procs {
+        assert!(!alive(*p), "process {p} survived Stop");
+    }
+    client.delete(SandboxId { id: id.clone() }).await.unwrap();
+
+    // Read-only root filesystem as an option.
+    let id2 = format!("ro-{u}");
+    let log2 = dir.join("ro.log");
+    client
+        .create(CreateRequest {
+            id: id2.clone(),
+            args: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "touch /rootfile 2>/dev/null && echo rootfs-writable || echo rootfs-ro; \
+                 touch /tmp/x && echo tmp-ok"
+                    .into(),
+            ],
+            log_path: log2.to_str().unwrap().into(),
+            read_only_rootfs: true,
+            mounts: vec![],
+            ..req
+        })
+        .await
+        .unwrap();
+    client.start(SandboxId { id: id2.clone() }).await.unwrap();
+    let out = wait_for_log(&log2, &["tmp-ok"]);
+    assert!(out.contains("rootfs-ro"), "{out}");
+    client.delete(SandboxId { id: id2.clone() }).await.unwrap();
+    assert!(
+        !memory_cgroup(&site, "").exists(),
+        "site cgroup left after its last sandbox was deleted"
+    );
+    assert_eq!(zombies_of(daemon.child.as_ref().unwrap().id()), 0);
 }
