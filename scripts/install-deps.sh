@@ -9,6 +9,7 @@ PKGS=(
   docker-registry                             # the real OCI registry tests and the demo push to
   busybox-static umoci skopeo                 # build the demo image locally and push it
   runc                                        # the peer in bench/sandbox
+  buildah debootstrap                         # images interop test (buildah --storage-driver vfs), stacks/python rootfs
   git curl jq sqlite3 ca-certificates
 )
 missing=()
