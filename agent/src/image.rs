@@ -48,7 +48,11 @@ pub fn client_options(auth: &str, insecure: bool) -> Result<ClientOptions, Image
         let (user, pass) = auth.split_once(':').ok_or(ImageError::BadAuth)?;
         Some((user.to_string(), pass.to_string()))
     };
-    Ok(ClientOptions { insecure, auth })
+    Ok(ClientOptions {
+        insecure,
+        auth,
+        ..Default::default()
+    })
 }
 
 fn log_progress(image: &str, event: PullEvent) {
@@ -102,18 +106,10 @@ impl Images {
         let r = Reference::from_str(reference)?;
         let opts = client_options(auth, insecure)?;
         let name = reference.to_string();
-        let store = self.store.clone();
-        // berth_images' pull future is not `Send` for every lifetime (a closure over
-        // `&Descriptor` inside it), so it cannot live in a spawned task: drive it on a
-        // blocking thread of this runtime instead.
-        let handle = tokio::runtime::Handle::current();
-        let span = tracing::Span::current();
-        let inner = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            handle.block_on(store.pull(&r, &opts, move |e| log_progress(&name, e)))
-        })
-        .await
-        .map_err(|e| ImageError::Task(e.to_string()))??;
+        let inner = self
+            .store
+            .pull(&r, &opts, move |e| log_progress(&name, e))
+            .await?;
         let cfg = &inner.config;
         let process = ProcessConfig {
             entrypoint: cfg.entrypoint.clone().unwrap_or_default(),

@@ -65,6 +65,7 @@ impl ImageResolver for RegistryResolver {
             let client = RegistryClient::new(ClientOptions {
                 insecure: req.insecure,
                 auth,
+                ..Default::default()
             })
             .map_err(|e| ImageError::Unreadable {
                 image: req.image.clone(),

@@ -6,11 +6,18 @@
 //! lists are resolved to this machine's platform. Authentication: anonymous, HTTP basic,
 //! and the bearer-token challenge flow (`WWW-Authenticate: Bearer realm=...`).
 //!
+//! Transport: HTTPS with the system's roots (plus a CA file when given); plain HTTP only
+//! for registries marked insecure. Requests that fail on the way (connection refused or
+//! reset, timeouts, 5xx, 429) are retried with exponential backoff ([`RetryPolicy`]); an
+//! interrupted blob download resumes where it stopped with a `Range` request
+//! ([`RegistryClient::download_blob_to`]).
+//!
 //! Errors are shaped for users: an unreachable registry, a missing image, a refused login,
 //! a bad manifest and a digest mismatch are distinct variants with advice in the message.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,8 +25,8 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
-use tracing::{debug, instrument};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tracing::{debug, instrument, warn};
 
 use crate::manifest::{
     self, media_types, Descriptor, ImageConfig, Manifest, ManifestDocument, ManifestError,
@@ -27,6 +34,8 @@ use crate::manifest::{
 };
 use crate::reference::{Digest, Reference};
 
+/// Where Debian keeps the system's CA certificates (`SSL_CERT_FILE` overrides it).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,6 +49,26 @@ pub struct ClientOptions {
     pub insecure: bool,
     /// User name and password, sent as basic auth or exchanged for a bearer token.
     pub auth: Option<(String, String)>,
+    /// PEM file of extra CA certificates trusted for HTTPS, on top of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How often and how patiently requests are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub tries: u32,
+    /// Wait before the second attempt; doubled before each further one.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            tries: 4,
+            backoff: Duration::from_millis(250),
+        }
+    }
 }
 
 impl fmt::Debug for ClientOptions {
@@ -47,6 +76,7 @@ impl fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("insecure", &self.insecure)
             .field("auth", &self.auth.as_ref().map(|(u, _)| (u, "<redacted>")))
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -113,6 +143,8 @@ pub enum ClientError {
     },
     #[error("building the http client failed: {0}")]
     Setup(String),
+    #[error("reading CA file {path}: {detail}: give a PEM file of CA certificates")]
+    CaFile { path: PathBuf, detail: String },
 }
 
 impl ClientError {
@@ -161,6 +193,7 @@ enum Credential {
 pub struct RegistryClient {
     http: reqwest::Client,
     opts: ClientOptions,
+    retry: RetryPolicy,
     credentials: Mutex<HashMap<String, Credential>>,
 }
 
@@ -254,17 +287,81 @@ fn registry_detail(body: &[u8]) -> String {
 impl RegistryClient {
     /// A client with the given options.
     pub fn new(opts: ClientOptions) -> Result<RegistryClient, ClientError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("berth-images/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Setup(chain(&e)))?;
+            .user_agent(concat!("berth-images/", env!("CARGO_PKG_VERSION")));
+        if !opts.insecure {
+            // The system's roots (Debian: ca-certificates), so a CA the operator installed
+            // is trusted like it is by curl; rustls' built-in Mozilla roots stay on too.
+            let system = std::env::var_os("SSL_CERT_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+            if let Ok(pem) = std::fs::read(&system) {
+                match reqwest::Certificate::from_pem_bundle(&pem) {
+                    Ok(certs) => {
+                        for cert in certs {
+                            builder = builder.add_root_certificate(cert);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(path = %system.display(), error = %e, "ignoring unreadable system CA bundle")
+                    }
+                }
+            }
+        }
+        if let Some(path) = &opts.ca_file {
+            let ca_err = |detail: String| ClientError::CaFile {
+                path: path.clone(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(chain(&e)))?;
+            if certs.is_empty() {
+                return Err(ca_err("no certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Setup(chain(&e)))?;
         Ok(RegistryClient {
             http,
             opts,
+            retry: RetryPolicy::default(),
             credentials: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Use another retry policy (tests use short backoffs).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> RegistryClient {
+        self.retry = RetryPolicy {
+            tries: retry.tries.max(1),
+            ..retry
+        };
+        self
+    }
+
+    /// Run `op` until it succeeds, fails for good, or runs out of tries; transient
+    /// failures ([`ClientError::is_transient`]) wait with exponential backoff.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < self.retry.tries => {
+                    let wait = self.retry.backoff * 2u32.pow(attempt - 1);
+                    warn!(what, attempt, ?wait, error = %e, "retrying after a transient failure");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The options this client was built with.
@@ -324,11 +421,27 @@ impl RegistryClient {
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<Response, ClientError> {
+        self.get_with(r, url, accept, timeout, None, what).await
+    }
+
+    /// [`Self::get`] with an optional `Range` header.
+    async fn get_with(
+        &self,
+        r: &Reference,
+        url: &str,
+        accept: Option<&str>,
+        timeout: Option<Duration>,
+        range: Option<&str>,
+        what: &str,
+    ) -> Result<Response, ClientError> {
         let mut answered_challenge = false;
         loop {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            if let Some(range) = range {
+                req = req.header(reqwest::header::RANGE, range);
             }
             if let Some(t) = timeout {
                 req = req.timeout(t);
@@ -495,8 +608,17 @@ impl RegistryClient {
         }
     }
 
-    /// Fetch one manifest document by tag or digest and verify its digest.
+    /// Fetch one manifest document by tag or digest and verify its digest, with retries.
     async fn fetch_document(
+        &self,
+        r: &Reference,
+        expected: Option<&Descriptor>,
+    ) -> Result<(Digest, ManifestDocument, Bytes), ClientError> {
+        self.retrying("manifest", || self.fetch_document_once(r, expected))
+            .await
+    }
+
+    async fn fetch_document_once(
         &self,
         r: &Reference,
         expected: Option<&Descriptor>,
@@ -617,6 +739,15 @@ impl RegistryClient {
         r: &Reference,
         manifest: &Manifest,
     ) -> Result<(ImageConfig, Bytes), ClientError> {
+        self.retrying("config", || self.fetch_config_once(r, manifest))
+            .await
+    }
+
+    async fn fetch_config_once(
+        &self,
+        r: &Reference,
+        manifest: &Manifest,
+    ) -> Result<(ImageConfig, Bytes), ClientError> {
         let desc = &manifest.config;
         let what = "config";
         let url = format!("{}/blobs/{}", self.base_url(r), desc.digest);
@@ -662,62 +793,163 @@ impl RegistryClient {
             config_bytes,
         })
     }
+}
 
-    /// Stream blob `desc` of `r`'s repository into `out`, verifying size and digest.
-    /// `progress` gets the running byte count. The caller syncs and renames the file; on
-    /// error the file's content is garbage and must be discarded.
+impl RegistryClient {
+    /// Download blob `desc` into the file at `path`, verifying size and digest, retrying
+    /// transient failures with backoff. Whatever `path` already holds is taken as the
+    /// start of the blob and resumed with `Range: bytes=N-` (a 206 answer appends, a 200
+    /// answer restarts from zero). On a digest or size mismatch the file is emptied; on a
+    /// transient error it keeps what arrived so a later call resumes. The caller syncs and
+    /// renames the file once this returns `Ok`.
     #[instrument(skip_all, fields(image = %r, blob = %desc.digest))]
-    pub async fn download_blob(
+    pub async fn download_blob_to(
         &self,
         r: &Reference,
         desc: &Descriptor,
-        out: &mut tokio::fs::File,
+        path: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let what = format!("layer {}", desc.digest);
-        let url = format!("{}/blobs/{}", self.base_url(r), desc.digest);
-        let mut resp = self.get(r, &url, None, None, &what).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = self
-                .read_limited(r, resp, 64 << 10, &what)
-                .await
-                .unwrap_or_default();
-            return Err(self.status_error(r, &what, status, &body));
-        }
-        let size_err = |actual: u64| ClientError::SizeMismatch {
-            image: r.to_string(),
-            what: what.clone(),
-            expected: desc.size,
-            actual,
-        };
-        let mut hasher = Sha256::new();
-        let mut written: u64 = 0;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(r, &what, e))?
-        {
-            written += chunk.len() as u64;
-            if written > desc.size {
-                return Err(size_err(written));
+        let result = self
+            .retrying(&what, || self.download_attempt(r, desc, path, progress))
+            .await;
+        if let Err(e) = &result {
+            if !e.is_transient() {
+                // Nothing of it can be trusted: start over next time.
+                let _ = std::fs::remove_file(path);
             }
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|source| ClientError::Write {
-                    what: what.clone(),
-                    source,
-                })?;
-            progress(written);
         }
-        if written != desc.size {
-            return Err(size_err(written));
-        }
-        out.flush().await.map_err(|source| ClientError::Write {
+        result
+    }
+
+    async fn download_attempt(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        path: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ClientError> {
+        let what = format!("layer {}", desc.digest);
+        let write_err = |source: std::io::Error| ClientError::Write {
             what: what.clone(),
             source,
-        })?;
+        };
+        let mut out = tokio::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .await
+            .map_err(write_err)?;
+        let mut have = out.metadata().await.map_err(write_err)?.len();
+        if have > desc.size {
+            out.set_len(0).await.map_err(write_err)?;
+            have = 0;
+        }
+        // Hash what an earlier attempt left, so the digest covers the whole blob.
+        let mut hasher = Sha256::new();
+        if have > 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = have;
+            while left > 0 {
+                let n = out.read(&mut buf).await.map_err(write_err)?;
+                if n == 0 {
+                    break;
+                }
+                let n = n.min(left as usize);
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            debug!(offset = have, "resuming download");
+        }
+        out.seek(std::io::SeekFrom::Start(have))
+            .await
+            .map_err(write_err)?;
+        let url = format!("{}/blobs/{}", self.base_url(r), desc.digest);
+        let mut written = have;
+        if have < desc.size || desc.size == 0 {
+            let range = (have > 0).then(|| format!("bytes={have}-"));
+            let mut resp = self
+                .get_with(r, &url, None, None, range.as_deref(), &what)
+                .await?;
+            let status = resp.status();
+            match status {
+                StatusCode::PARTIAL_CONTENT if have > 0 => {
+                    let start = resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if start != Some(have) {
+                        out.set_len(0).await.map_err(write_err)?;
+                        return Err(ClientError::Transfer {
+                            registry: r.registry().to_string(),
+                            what,
+                            detail: format!(
+                                "asked to resume at byte {have}, got content range {start:?}: restarting"
+                            ),
+                        });
+                    }
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
+                    out.set_len(0).await.map_err(write_err)?;
+                    return Err(ClientError::Transfer {
+                        registry: r.registry().to_string(),
+                        what,
+                        detail: format!("registry cannot resume at byte {have}: restarting"),
+                    });
+                }
+                s if s.is_success() => {
+                    if have > 0 {
+                        debug!("registry ignored the range request: restarting from zero");
+                        out.set_len(0).await.map_err(write_err)?;
+                        out.seek(std::io::SeekFrom::Start(0))
+                            .await
+                            .map_err(write_err)?;
+                        hasher = Sha256::new();
+                        written = 0;
+                    }
+                }
+                _ => {
+                    let body = self
+                        .read_limited(r, resp, 64 << 10, &what)
+                        .await
+                        .unwrap_or_default();
+                    return Err(self.status_error(r, &what, status, &body));
+                }
+            }
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| self.transport_error(r, &what, e))?
+            {
+                if written + chunk.len() as u64 > desc.size {
+                    return Err(ClientError::SizeMismatch {
+                        image: r.to_string(),
+                        what: what.clone(),
+                        expected: desc.size,
+                        actual: written + chunk.len() as u64,
+                    });
+                }
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(write_err)?;
+                written += chunk.len() as u64;
+                progress(written);
+            }
+        }
+        out.flush().await.map_err(write_err)?;
+        if written != desc.size {
+            return Err(ClientError::SizeMismatch {
+                image: r.to_string(),
+                what,
+                expected: desc.size,
+                actual: written,
+            });
+        }
         let actual = Digest::from_sha256(hasher.finalize().into());
         if actual != desc.digest {
             return Err(ClientError::DigestMismatch {
@@ -733,6 +965,8 @@ impl RegistryClient {
 
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod resume_tests;
 
 #[cfg(test)]
 mod tests {
@@ -765,8 +999,25 @@ mod tests {
         let o = ClientOptions {
             insecure: true,
             auth: Some(("u".into(), "hunter2".into())),
+            ca_file: None,
         };
         assert!(!format!("{o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_ca_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let e = RegistryClient::new(ClientOptions {
+                ca_file: Some(path.clone()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(matches!(e, ClientError::CaFile { .. }), "{e}");
+            assert!(e.to_string().contains("give a PEM file"), "{e}");
+        }
     }
 
     #[tokio::test]
@@ -779,9 +1030,13 @@ mod tests {
             .port();
         let c = RegistryClient::new(ClientOptions {
             insecure: true,
-            auth: None,
+            ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+        .with_retry(RetryPolicy {
+            tries: 2,
+            backoff: Duration::from_millis(10),
+        });
         let r: Reference = format!("127.0.0.1:{port}/hello:1").parse().unwrap();
         let e = c.resolve(&r).await.unwrap_err();
         assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");

@@ -22,10 +22,10 @@ pub mod rootfs;
 pub mod store;
 pub mod unpack;
 
-pub use client::{ClientError, ClientOptions, RegistryClient, Resolved};
+pub use client::{ClientError, ClientOptions, RegistryClient, Resolved, RetryPolicy};
 pub use manifest::{Descriptor, ImageConfig, Manifest};
 pub use reference::{Digest, Reference, ReferenceError};
 
 pub use rootfs::{mount_rootfs, unmount_rootfs, RootfsError};
-pub use store::{ImageStore, PullEvent, PulledImage, StoreError};
+pub use store::{GcReport, ImageStore, PullEvent, PulledImage, StoreError};
 pub use unpack::{unpack_layer, UnpackError, UnpackLimits, UnpackStats};

@@ -59,6 +59,8 @@ pub enum ManifestError {
     TooManyLayers(usize),
     #[error("layer {digest} has unsupported media type {media_type:?}")]
     LayerMediaType { digest: Digest, media_type: String },
+    #[error("layer {digest} is a foreign (non-distributable) layer ({media_type}): Berth only pulls layers the registry itself serves; rebuild the image without foreign layers")]
+    ForeignLayer { digest: Digest, media_type: String },
     #[error("{what} {digest} declares size {size}, more than the limit of {limit} bytes")]
     TooLarge {
         what: &'static str,
@@ -133,15 +135,13 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Compression of a layer media type, or `None` if the type is not a layer Berth can unpack.
+    /// Compression of a layer media type, or `None` if the type is not a layer Berth can
+    /// unpack (foreign and non-distributable layers included: see [`is_foreign_layer`]).
     pub fn from_media_type(media_type: &str) -> Option<Compression> {
         use media_types::*;
         match media_type {
-            OCI_LAYER | OCI_NONDIST_LAYER => Some(Compression::None),
-            OCI_LAYER_GZIP
-            | DOCKER_LAYER_GZIP
-            | DOCKER_FOREIGN_LAYER_GZIP
-            | OCI_NONDIST_LAYER_GZIP => Some(Compression::Gzip),
+            OCI_LAYER => Some(Compression::None),
+            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Some(Compression::Gzip),
             OCI_LAYER_ZSTD => Some(Compression::Zstd),
             _ => None,
         }
@@ -281,6 +281,12 @@ pub fn parse_manifest(
         });
     }
     for l in &manifest.layers {
+        if is_foreign_layer(&l.media_type) {
+            return Err(ManifestError::ForeignLayer {
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+            });
+        }
         if Compression::from_media_type(&l.media_type).is_none() {
             return Err(ManifestError::LayerMediaType {
                 digest: l.digest.clone(),
@@ -297,6 +303,13 @@ pub fn parse_manifest(
         }
     }
     Ok(ManifestDocument::Image(manifest))
+}
+
+/// True for Docker foreign layers and OCI non-distributable layers: blobs a registry may
+/// not serve (they name external URLs instead), which Berth refuses.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
 }
 
 /// Pick the manifest for this machine's platform from an index.
@@ -416,6 +429,16 @@ mod tests {
             bad_type,
             Err(ManifestError::LayerMediaType { .. })
         ));
+        for foreign in [
+            media_types::DOCKER_FOREIGN_LAYER_GZIP,
+            media_types::OCI_NONDIST_LAYER,
+            media_types::OCI_NONDIST_LAYER_GZIP,
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        ] {
+            let e = parse_manifest(&manifest_json(foreign, 1), None).unwrap_err();
+            assert!(matches!(e, ManifestError::ForeignLayer { .. }), "{e}");
+            assert!(e.to_string().contains("foreign (non-distributable)"), "{e}");
+        }
         let v1 = parse_manifest(br#"{"schemaVersion":1,"name":"x"}"#, None);
         assert!(matches!(v1, Err(ManifestError::SchemaVersion(1))));
         assert!(parse_manifest(b"not json", None).is_err());

@@ -6,17 +6,27 @@
 //!   image and instance that uses it (overlay lower dirs);
 //! - `images/<manifest-hex>.json`: a pulled image (config and layer list); its presence
 //!   means every blob and snapshot it names is complete;
-//! - `tmp/`: work in progress, named `<pid>-...`; `locks/`: per-digest lock files.
+//! - `tmp/`: work in progress, named `<pid>-...`, removed when the store is opened and its
+//!   process is gone; `partial/<hex>`: a layer download cut short, resumed with `Range`
+//!   by the next pull of that layer; `locks/`: per-digest lock files and `gc.lock`.
 //!
-//! Crash safety: everything is built under `tmp/`, fsynced, then renamed into place, so
-//! nothing partial ever appears complete. Concurrent pulls of one layer (threads or
-//! processes) serialize on a `flock` of `locks/<hex>.lock`. This module never modifies
-//! a snapshot after its rename.
+//! Crash safety: everything is built under `tmp/` (or `partial/`), fsynced, then renamed
+//! into place, so nothing partial ever appears complete; the image record is written last.
+//! Concurrent pulls of one layer (threads or processes) serialize on a `flock` of
+//! `locks/<hex>.lock`. Every pull holds `locks/gc.lock` shared and garbage collection
+//! ([`ImageStore::gc`]) holds it exclusively, so a collection never removes what a running
+//! pull is about to record. This module never modifies a snapshot after its rename.
+//!
+//! Reference counting: an image is in use when the caller (the agent) says so; a blob or
+//! snapshot is kept while any kept image names it. Record mtimes are touched on every
+//! pull, so [`ImageStore::gc_to_budget`] evicts the least recently used unused images first.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +40,10 @@ use crate::client::{ClientError, ClientOptions, RegistryClient};
 use crate::manifest::{Descriptor, ImageConfig};
 use crate::reference::{Digest, Reference};
 use crate::unpack::{unpack_layer, UnpackError, UnpackLimits};
+
+mod gc;
+#[cfg(test)]
+mod tests;
 
 /// Layers downloaded and unpacked at the same time.
 pub const DEFAULT_CONCURRENCY: usize = 3;
@@ -63,6 +77,22 @@ pub enum StoreError {
     },
     #[error("image store task failed: {0}")]
     Task(String),
+}
+
+/// What a garbage collection removed and kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifest digests of the image records removed.
+    pub images_removed: Vec<Digest>,
+    pub snapshots_removed: usize,
+    pub blobs_removed: usize,
+    /// Partial downloads and leftovers of interrupted pulls removed.
+    pub leftovers_removed: usize,
+    /// Disk bytes freed (allocated blocks, hard links counted once).
+    pub bytes_freed: u64,
+    /// Disk bytes the store uses afterwards.
+    pub bytes_after: u64,
+    pub images_kept: usize,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -135,9 +165,54 @@ struct ImageRecord {
     layers: Vec<Descriptor>,
 }
 
-/// Holds a per-digest `flock` until dropped.
+/// Holds a `flock` (per digest, or the store-wide gc lock) until dropped.
 struct DigestLock {
     _lock: Flock<File>,
+}
+
+/// Take `flock` on `path` (created if missing), blocking the calling thread.
+fn flock_file(path: &Path, arg: FlockArg) -> Result<DigestLock, StoreError> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("opening lock", path))?;
+    let lock = Flock::lock(f, arg).map_err(|(_, e)| StoreError::Io {
+        op: "locking",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(DigestLock { _lock: lock })
+}
+
+/// Disk bytes used by `path` (a file or a tree, not following symlinks), each inode once.
+fn disk_usage(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    let Ok(md) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    if seen.insert((md.dev(), md.ino())) {
+        total += md.blocks() * 512;
+    }
+    if md.is_dir() {
+        if let Ok(rd) = fs::read_dir(path) {
+            for e in rd.flatten() {
+                total += disk_usage(&e.path(), seen);
+            }
+        }
+    }
+    total
+}
+
+/// Remove a file or a whole tree (never following symlinks); missing is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The image store rooted at one directory.
@@ -159,7 +234,14 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 impl ImageStore {
     /// Open (creating if needed) the store at `root`, clearing work left by dead processes.
     pub fn open(root: &Path) -> Result<ImageStore, StoreError> {
-        for sub in ["blobs/sha256", "snapshots", "images", "tmp", "locks"] {
+        for sub in [
+            "blobs/sha256",
+            "snapshots",
+            "images",
+            "tmp",
+            "partial",
+            "locks",
+        ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -249,23 +331,29 @@ impl ImageStore {
             .root
             .join("locks")
             .join(format!("{}.lock", digest.hex()));
-        tokio::task::spawn_blocking(move || {
-            let f = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(io_err("opening lock", &path))?;
-            let lock =
-                Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
-                    op: "locking",
-                    path: path.clone(),
-                    source: e.into(),
-                })?;
-            Ok(DigestLock { _lock: lock })
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || flock_file(&path, FlockArg::LockExclusive))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The store-wide lock: shared by pulls, exclusive for garbage collection.
+    async fn gc_lock_shared(&self) -> Result<DigestLock, StoreError> {
+        let path = self.root.join("locks/gc.lock");
+        tokio::task::spawn_blocking(move || flock_file(&path, FlockArg::LockShared))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("partial").join(digest.hex())
+    }
+
+    /// Mark an image as just used (its record's mtime orders eviction by size budget).
+    fn touch(&self, manifest_digest: &Digest) {
+        let path = self.record_path(manifest_digest);
+        if let Ok(f) = File::options().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
     }
 
     /// The image with this manifest digest, if it is completely in the store.
@@ -346,8 +434,10 @@ impl ImageStore {
         r: &Reference,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<PulledImage, StoreError> {
+        let _gc = self.gc_lock_shared().await?;
         if let Some(d) = r.digest() {
             if let Some(img) = self.get(d)? {
+                self.touch(d);
                 progress(PullEvent::Cached {
                     manifest_digest: d.clone(),
                 });
@@ -357,6 +447,7 @@ impl ImageStore {
         let fetched = client.fetch_manifest(r).await?;
         let manifest_digest = fetched.digest.clone();
         if let Some(img) = self.get(&manifest_digest)? {
+            self.touch(&manifest_digest);
             progress(PullEvent::Cached { manifest_digest });
             return Ok(img);
         }
@@ -370,8 +461,13 @@ impl ImageStore {
             total_bytes: layers.iter().map(|l| l.size).sum(),
         });
         let pinned = r.pinned(manifest_digest.clone());
-        let snapshot_dirs: Vec<PathBuf> = futures::stream::iter(layers.iter())
+        // The futures are built eagerly (not in a `Stream::map` closure over `&Descriptor`,
+        // whose higher-ranked lifetime made the whole pull future not `Send`).
+        let pending: Vec<_> = layers
+            .iter()
             .map(|l| self.ensure_layer(client, &pinned, l, progress))
+            .collect();
+        let snapshot_dirs: Vec<PathBuf> = futures::stream::iter(pending)
             .buffered(self.concurrency)
             .try_collect()
             .await?;
@@ -483,10 +579,9 @@ impl ImageStore {
             digest: desc.digest.clone(),
             size: desc.size,
         });
-        let tmp = self.tmp_path(desc.digest.hex());
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(io_err("creating", &tmp))?;
+        // Kept across failed pulls (and restarts) so the next pull resumes it; only ever
+        // touched under this digest's lock.
+        let partial = self.partial_path(&desc.digest);
         let next_report = AtomicU64::new(PROGRESS_STEP);
         let on_bytes = |n: u64| {
             if n >= next_report.load(Ordering::Relaxed) {
@@ -498,17 +593,13 @@ impl ImageStore {
                 });
             }
         };
-        let res = client.download_blob(r, desc, &mut f, &on_bytes).await;
-        let res = match res {
-            Ok(()) => f.sync_all().await.map_err(io_err("syncing", &tmp)),
-            Err(e) => Err(e.into()),
-        };
-        drop(f);
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::rename(&tmp, blob).map_err(io_err("renaming into place", blob))?;
+        client
+            .download_blob_to(r, desc, &partial, &on_bytes)
+            .await?;
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing", &partial))?;
+        fs::rename(&partial, blob).map_err(io_err("renaming into place", blob))?;
         fsync_dir(blob.parent().expect("blob path has a parent"))?;
         progress(PullEvent::LayerDownloaded {
             digest: desc.digest.clone(),

@@ -206,6 +206,12 @@ pub fn unpack_layer<R: Read>(
     let entries = archive.entries().map_err(|e| archive_err(e, &count))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| archive_err(e, &count))?;
+        // A header may claim any size: refuse one past the limit before reading it.
+        if entry.header().entry_size().unwrap_or(u64::MAX) > limits.max_bytes {
+            return Err(UnpackError::TooLarge {
+                limit: limits.max_bytes,
+            });
+        }
         u.stats.entries += 1;
         if u.stats.entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries {

@@ -119,7 +119,7 @@ fn count_files(dir: &Path) -> usize {
 fn opts() -> ClientOptions {
     ClientOptions {
         insecure: true,
-        auth: None,
+        ..Default::default()
     }
 }
 
@@ -138,14 +138,9 @@ async fn pull_mount_and_errors_against_a_real_registry() {
     let client = RegistryClient::new(opts()).unwrap();
     let r: Reference = format!("{}/berth-test/hello:1", reg.addr).parse().unwrap();
     let resolved = client.resolve(&r).await.unwrap();
-    assert_eq!(
-        resolved.config.command().unwrap(),
-        vec![
-            "/bin/sh",
-            "-c",
-            "exec /bin/busybox httpd -f -v -p \"${PORT:-8080}\" -h /www"
-        ]
-    );
+    let command = resolved.config.command().unwrap();
+    assert_eq!(command[..2], ["/bin/sh", "-c"], "{command:?}");
+    assert!(command[2].contains("busybox httpd"), "{command:?}");
     assert_eq!(resolved.layers.len(), 1);
     assert_eq!(
         resolved.pinned.to_string(),

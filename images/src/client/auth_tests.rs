@@ -144,6 +144,7 @@ fn client(auth: Option<(&str, &str)>) -> RegistryClient {
     RegistryClient::new(ClientOptions {
         insecure: true,
         auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        ca_file: None,
     })
     .unwrap()
 }
