@@ -8,7 +8,7 @@
 #                  directory descriptor would start the app with a cwd outside the root.
 #
 # The image is the demo image's shape (busybox-static httpd + CGI, see build-image.sh)
-# plus the attack program tests/isolation/attack.c, compiled here with `gcc -static`:
+# plus the attack program tests/isolation/*.c (main in attack.c), compiled here with `gcc -static`:
 #   /bin/attack                  the attack cases (see the header of attack.c)
 #   /bin/attack-suid             the same binary, setuid root (mode 4755): the setuid case
 #   /etc/shared-layer-file       "ORIGINAL": the layer-tamper case checks no other site
@@ -41,8 +41,8 @@ esac
 [ -n "$NAME" ] && [ -n "$TAG" ] || usage
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-SRC=$HERE/../tests/isolation/attack.c
-[ -f "$SRC" ] || { echo "$0: $SRC is missing" >&2; exit 1; }
+SRC=$HERE/../tests/isolation
+[ -f "$SRC/attack.c" ] || { echo "$0: $SRC/attack.c is missing" >&2; exit 1; }
 for tool in gcc umoci skopeo; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "$0: $tool is not installed: apt-get install build-essential umoci skopeo busybox-static" >&2
@@ -72,7 +72,7 @@ BUNDLE=$WORK/bundle
 
 # -static: the image has no libc. The linker's warnings about getaddrinfo in static
 # binaries do not apply (the program never resolves names).
-gcc -static -O1 -Wall -o "$WORK/attack" "$SRC" 2>"$WORK/gcc.log" || {
+gcc -static -O1 -Wall -o "$WORK/attack" "$SRC"/*.c 2>"$WORK/gcc.log" || {
     cat "$WORK/gcc.log" >&2
     echo "$0: compiling $SRC failed (needs gcc and libc6-dev)" >&2
     exit 1
