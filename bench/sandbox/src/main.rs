@@ -79,6 +79,13 @@ fn uname_r() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The 1, 5 and 15 minute load averages: other work on the machine skews timings.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn cgroup_mode() -> &'static str {
     if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "v2 (unified)"
@@ -136,6 +143,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target: target.clone(),
     };
 
+    let load_before = loadavg();
     eprintln!(
         "warm-up: {} iterations each, then {} timed iterations each, alternating",
         args.warmup, args.iterations
@@ -195,6 +203,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cgroup_mode(),
         runc_version(&args.runc)
+    );
+    println!(
+        "load average (1/5/15 min) at start {load_before}, at end {}",
+        loadavg()
     );
     println!(
         "lifecycle of a /bin/true sandbox (create + start + wait + delete), {} iterations each after {} warm-up, alternating; ms\n",
