@@ -1,28 +1,39 @@
-//! File data as fixed-size chunks in an object store.
+//! File data as fixed-size chunks in an object store, and what makes a volume durable
+//! there: the metadata journal ([`journal`]) and the volume lease ([`lease`]).
 //!
-//! Chunk `i` of inode `ino` in volume `v` is the object `volumes/<v>/chunks/<ino>/<i>`
-//! and holds bytes `[i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE)` of the file; a missing or
-//! short chunk reads as zeros up to the file size (holes). Writes land in per-inode
-//! dirty chunk buffers in memory; [`InodeData::flush`] (called by `Fsync`, on memory
-//! pressure and before truncation) writes them to the store, and only then does an
-//! fsync return. The file size lives in the metadata store, never here: callers pass it
-//! in. Callers hold an inode's [`InodeData`] lock across the data and the metadata
-//! update of one operation, so writes, truncation and reads of one inode are ordered.
+//! Chunk `i` of inode `ino` holds bytes `[i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE)` of the
+//! file. Objects are immutable: every upload of a chunk gets a new version name
+//! (`volumes/<v>/chunks/<ino>/<i>.<version>`, see [`objects`]) and the chunk map in
+//! the metadata store says which version is current, so an overwrite never changes an
+//! object in place and a crash mid-upload leaves the old version intact. A chunk
+//! without a map entry, or a short one, reads as zeros up to the file size (holes).
+//! Writes land in per-inode dirty chunk buffers in memory; [`InodeData::flush`]
+//! (called by `Fsync`) uploads them, points the chunk map at them and commits the
+//! metadata journal, and only then does an fsync return. Memory pressure and truncation
+//! upload chunks without committing the journal. The file size lives in the metadata
+//! store, never here: callers pass it in. Callers hold an inode's [`InodeData`] lock
+//! across the data and the metadata update of one operation, so writes, truncation and
+//! reads of one inode are ordered.
 
 mod cache;
+pub mod journal;
+pub mod lease;
+pub mod objects;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
+use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{FsError, FsResult};
+use crate::meta::MetaStore;
 use cache::ChunkCache;
+use journal::{Journal, Synced};
+use lease::{Acquired, Leases};
+use objects::{chunk_path, new_version, Objects};
 
 /// Bytes per chunk object.
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -40,7 +51,14 @@ type InodeKey = (String, u64);
 
 /// The chunk store of all volumes.
 pub struct ChunkStore {
-    store: Arc<dyn ObjectStore>,
+    objects: Objects,
+    meta: Arc<MetaStore>,
+    journal: Arc<Journal>,
+    /// `None`: this server owns every volume it is asked about (one server per store).
+    leases: Option<Arc<Leases>>,
+    /// Volumes whose lease is held and whose local copy is in sync.
+    opened: Mutex<std::collections::HashSet<String>>,
+    open_lock: AsyncMutex<()>,
     inodes: Mutex<HashMap<InodeKey, Arc<AsyncMutex<InodeState>>>>,
     cache: Arc<ChunkCache>,
     dirty_total: Arc<AtomicUsize>,
@@ -49,7 +67,7 @@ pub struct ChunkStore {
 impl std::fmt::Debug for ChunkStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkStore")
-            .field("store", &self.store.to_string())
+            .field("store", &self.objects.store.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -67,24 +85,24 @@ pub struct InodeData {
     volume: String,
     ino: u64,
     state: OwnedMutexGuard<InodeState>,
-    store: Arc<dyn ObjectStore>,
+    objects: Objects,
+    meta: Arc<MetaStore>,
+    journal: Arc<Journal>,
     cache: Arc<ChunkCache>,
     dirty_total: Arc<AtomicUsize>,
 }
 
-fn chunk_prefix(volume: &str, ino: u64) -> ObjectPath {
-    ObjectPath::from(format!("volumes/{volume}/chunks/{ino}"))
-}
-
-fn chunk_path(volume: &str, ino: u64, index: u64) -> ObjectPath {
-    ObjectPath::from(format!("volumes/{volume}/chunks/{ino}/{index}"))
-}
-
 impl ChunkStore {
-    /// A chunk store over `store` (a local directory today, S3 next).
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+    /// A chunk store over `objects`, keeping its chunk map and journal through `meta`.
+    /// With `leases`, a volume is served only while this server holds its lease.
+    pub fn new(objects: Objects, meta: Arc<MetaStore>, leases: Option<Arc<Leases>>) -> Self {
         Self {
-            store,
+            journal: Arc::new(Journal::new(objects.clone(), meta.clone())),
+            objects,
+            meta,
+            leases,
+            opened: Mutex::new(std::collections::HashSet::new()),
+            open_lock: AsyncMutex::new(()),
             inodes: Mutex::new(HashMap::new()),
             cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
             dirty_total: Arc::new(AtomicUsize::new(0)),
@@ -94,6 +112,87 @@ impl ChunkStore {
     /// Dirty chunks held in memory by all inodes (as of the last finished operation).
     pub fn dirty_chunks(&self) -> usize {
         self.dirty_total.load(Ordering::Relaxed)
+    }
+
+    /// Makes `volume` ready to serve: holds its lease (or answers `Unavailable`),
+    /// brings the local metadata up to date with the object store when the lease was
+    /// just taken, and creates the volume on first use. Cheap when already open.
+    pub async fn open_volume(&self, volume: &str) -> FsResult<()> {
+        let held = self.leases.as_ref().is_none_or(|l| l.is_held(volume));
+        if held && self.is_open(volume) {
+            return Ok(());
+        }
+        let _guard = self.open_lock.lock().await;
+        if let Some(leases) = &self.leases {
+            if leases.acquire(volume).await? == Acquired::New {
+                self.opened
+                    .lock()
+                    .expect("open set poisoned")
+                    .remove(volume);
+            }
+        }
+        if !self.is_open(volume) {
+            if self.journal.sync_from_store(volume).await? == Synced::Rebuilt {
+                self.forget_volume(volume).await;
+            }
+            self.meta.ensure_volume(volume).await?;
+            self.opened
+                .lock()
+                .expect("open set poisoned")
+                .insert(volume.to_string());
+        }
+        Ok(())
+    }
+
+    fn is_open(&self, volume: &str) -> bool {
+        self.opened
+            .lock()
+            .expect("open set poisoned")
+            .contains(volume)
+    }
+
+    /// Drops in-memory data of a volume whose metadata was replaced from the store.
+    async fn forget_volume(&self, volume: &str) {
+        let cells: Vec<_> = self
+            .inodes
+            .lock()
+            .expect("inode table lock poisoned")
+            .iter()
+            .filter(|((v, _), _)| v == volume)
+            .map(|(_, cell)| cell.clone())
+            .collect();
+        for cell in cells {
+            let mut state = cell.lock().await;
+            let was = state.counted;
+            state.dirty.clear();
+            state.counted = 0;
+            self.dirty_total.fetch_sub(was, Ordering::Relaxed);
+        }
+        self.cache.remove_volume(volume);
+    }
+
+    /// Makes every metadata change of `volume` durable in the object store.
+    pub async fn sync_volume(&self, volume: &str) -> FsResult<()> {
+        self.journal.commit(volume).await
+    }
+
+    /// Commits the journal of every open volume and lets go of their leases (clean
+    /// shutdown), so another server can take them over at once.
+    pub async fn shutdown(&self) {
+        let volumes: Vec<String> = self
+            .opened
+            .lock()
+            .expect("open set poisoned")
+            .drain()
+            .collect();
+        for volume in &volumes {
+            if let Err(err) = self.journal.commit(volume).await {
+                tracing::error!(volume, error = %err, "committing the journal at shutdown failed");
+            }
+        }
+        if let Some(leases) = &self.leases {
+            leases.release_all().await;
+        }
     }
 
     /// Locks one inode's data. Hold the guard across the whole operation.
@@ -114,7 +213,9 @@ impl ChunkStore {
             volume: volume.to_string(),
             ino,
             state: cell.lock_owned().await,
-            store: self.store.clone(),
+            objects: self.objects.clone(),
+            meta: self.meta.clone(),
+            journal: self.journal.clone(),
             cache: self.cache.clone(),
             dirty_total: self.dirty_total.clone(),
         }
@@ -196,25 +297,36 @@ impl InodeData {
         let uncounted = self.state.dirty.len().saturating_sub(self.state.counted);
         let total = self.dirty_total.load(Ordering::Relaxed) + uncounted;
         if self.state.dirty.len() > MAX_DIRTY_CHUNKS || total > MAX_TOTAL_DIRTY_CHUNKS {
-            self.flush().await?;
+            self.flush_chunks(None).await?;
         }
         Ok(())
     }
 
-    /// Writes every dirty chunk to the object store. On failure the chunks not yet
-    /// written stay dirty and the error is returned.
+    /// Makes the inode durable: uploads its dirty chunks, points the chunk map at
+    /// them and commits the volume's metadata journal (which covers every metadata
+    /// change so far, this inode's included). On failure the chunks not yet uploaded
+    /// stay dirty and the error is returned.
     pub async fn flush(&mut self) -> FsResult<()> {
-        if self.state.dirty.is_empty() {
+        self.flush_chunks(None).await?;
+        self.journal.commit(&self.volume).await
+    }
+
+    /// Uploads every dirty chunk as a new object version and records the versions
+    /// (and, with `drop_from`, drops chunks past it) in the chunk map, in one
+    /// metadata transaction. Does not commit the journal.
+    async fn flush_chunks(&mut self, drop_from: Option<u64>) -> FsResult<()> {
+        if self.state.dirty.is_empty() && drop_from.is_none() {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.state.dirty);
         let uploads = dirty.into_iter().map(|(index, buf)| {
-            let store = self.store.clone();
-            let path = chunk_path(&self.volume, self.ino, index);
+            let objects = self.objects.clone();
+            let version = new_version();
+            let path = chunk_path(&self.volume, self.ino, index, &version);
             let bytes = Bytes::from(buf);
             async move {
-                let result = store.put(&path, PutPayload::from(bytes.clone())).await;
-                (index, bytes, result)
+                let result = objects.put(&path, bytes.clone()).await;
+                (index, version, bytes, result)
             }
         });
         let results: Vec<_> = futures::stream::iter(uploads)
@@ -222,23 +334,47 @@ impl InodeData {
             .collect()
             .await;
         let mut first_error = None;
-        for (index, bytes, result) in results {
+        let mut versions = Vec::with_capacity(results.len());
+        let mut uploaded = Vec::with_capacity(results.len());
+        for (index, version, bytes, result) in results {
             match result {
-                Ok(_) => self.cache.insert(&self.volume, self.ino, index, bytes),
+                Ok(_) => {
+                    versions.push((index, version));
+                    uploaded.push((index, bytes));
+                }
                 Err(err) => {
                     self.state.dirty.insert(index, bytes.to_vec());
                     first_error.get_or_insert(err);
                 }
             }
         }
+        let drop_from = if first_error.is_none() {
+            drop_from
+        } else {
+            None
+        };
+        if let Err(err) = self
+            .meta
+            .set_chunks(&self.volume, self.ino, &versions, drop_from)
+            .await
+        {
+            for (index, bytes) in uploaded {
+                self.state.dirty.insert(index, bytes.to_vec());
+            }
+            return Err(err);
+        }
+        for (index, bytes) in uploaded {
+            self.cache.insert(&self.volume, self.ino, index, bytes);
+        }
         match first_error {
-            Some(err) => Err(err.into()),
+            Some(err) => Err(err),
             None => Ok(()),
         }
     }
 
     /// Changes the file size from `old` to `new`: drops chunks past the end and cuts
-    /// the last one, durably, so bytes past a shrink never reappear after growing.
+    /// the last one, in the chunk map, so bytes past a shrink never reappear after
+    /// growing. Durable with the next journal commit, like the size change itself.
     pub async fn truncate(&mut self, old: u64, new: u64) -> FsResult<()> {
         if new >= old {
             return Ok(());
@@ -258,46 +394,37 @@ impl InodeData {
         }
         self.cache
             .remove_from(&self.volume, self.ino, keep.saturating_sub(1));
-        self.flush().await?;
-        self.delete_objects_from(keep).await
+        self.flush_chunks(Some(keep)).await
     }
 
-    /// Deletes all data of the inode (its last link went away).
+    /// Drops the in-memory data of an inode whose last link went away. Its objects
+    /// are deleted once the journal no longer references them (the metadata store
+    /// moved its chunk map entries to the garbage list with the inode).
     pub async fn delete_all(&mut self) -> FsResult<()> {
         self.state.dirty.clear();
         self.cache.remove_from(&self.volume, self.ino, 0);
-        self.delete_objects_from(0).await
-    }
-
-    /// Deletes the chunk objects with index `>= first`.
-    async fn delete_objects_from(&self, first: u64) -> FsResult<()> {
-        let prefix = chunk_prefix(&self.volume, self.ino);
-        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
-        for object in objects {
-            let index = object
-                .location
-                .filename()
-                .and_then(|name| name.parse::<u64>().ok());
-            if index.is_some_and(|i| i >= first) {
-                match self.store.delete(&object.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
         Ok(())
     }
 
-    /// A clean chunk from the cache or the store; empty if it does not exist.
+    /// A clean chunk from the cache or the store; empty if it was never stored.
     async fn load(&self, index: u64) -> FsResult<Bytes> {
         if let Some(bytes) = self.cache.get(&self.volume, self.ino, index) {
             return Ok(bytes);
         }
-        let path = chunk_path(&self.volume, self.ino, index);
-        let bytes = match self.store.get(&path).await {
-            Ok(result) => result.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => Bytes::new(),
-            Err(err) => return Err(err.into()),
+        let Some(version) = self
+            .meta
+            .chunk_version(&self.volume, self.ino, index)
+            .await?
+        else {
+            return Ok(Bytes::new());
+        };
+        let path = chunk_path(&self.volume, self.ino, index, &version);
+        let Some(bytes) = self.objects.get(&path).await? else {
+            // Deleted with its inode while this operation ran, or lost from the store.
+            self.meta.get_attr(&self.volume, self.ino).await?;
+            return Err(FsError::Corrupt(format!(
+                "chunk object {path} of a live file is missing from the object store"
+            )));
         };
         self.cache
             .insert(&self.volume, self.ino, index, bytes.clone());

@@ -33,6 +33,12 @@ pub enum FsError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("object store failed: {0}; check the store directory or bucket")]
     Store(#[from] object_store::Error),
+    #[error("volume layout in the object store is corrupt: {0}")]
+    Corrupt(String),
+    /// This server may not serve the volume now (another one holds its lease, or it is
+    /// being taken over); the client should retry, possibly on another server.
+    #[error("volume unavailable here: {0}")]
+    Unavailable(String),
 }
 
 impl FsError {
@@ -47,7 +53,10 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooLarge { .. } => libc::EFBIG,
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => libc::EIO,
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
+                libc::EIO
+            }
+            FsError::Unavailable(_) => libc::EAGAIN,
         }
     }
 
@@ -62,7 +71,10 @@ impl FsError {
             FsError::Invalid(_) => "einval",
             FsError::NameTooLong => "enametoolong",
             FsError::TooLarge { .. } => "efbig",
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => "eio",
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
+                "eio"
+            }
+            FsError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -79,7 +91,8 @@ impl FsError {
             FsError::NotEmpty | FsError::NotDir | FsError::IsDir => {
                 (Code::FailedPrecondition, self.to_string())
             }
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) => (
+            FsError::Unavailable(_) => (Code::Unavailable, self.to_string()),
+            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => (
                 Code::Internal,
                 "file server storage failed; see the fsd log".to_string(),
             ),

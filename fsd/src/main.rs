@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_fsd::data::objects::{S3Config, StoreConfig};
 use berth_fsd::fuse::Ttls;
 use berth_fsd::{MountConfig, ServeConfig};
 use clap::{Parser, Subcommand};
@@ -28,9 +29,33 @@ enum Command {
         /// gRPC listen address.
         #[arg(long, default_value = "127.0.0.1:7702")]
         listen: SocketAddr,
-        /// Object store root (local directory) holding file data chunks.
-        #[arg(long)]
-        store_dir: PathBuf,
+        /// Object store root (local directory) holding file data, the metadata journal
+        /// and leases. Required unless --s3-bucket is given.
+        #[arg(
+            long,
+            required_unless_present = "s3_bucket",
+            conflicts_with = "s3_bucket"
+        )]
+        store_dir: Option<PathBuf>,
+        /// S3 bucket to use as the object store instead of --store-dir. Credentials
+        /// come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+        #[arg(long, env = "BERTH_FSD_S3_BUCKET")]
+        s3_bucket: Option<String>,
+        /// S3 endpoint URL (e.g. http://127.0.0.1:8333); AWS when absent. Path-style
+        /// requests are used; http is allowed for http:// endpoints.
+        #[arg(long, env = "BERTH_FSD_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long, env = "BERTH_FSD_S3_REGION", default_value = "us-east-1")]
+        s3_region: String,
+        /// Whether the S3 store honours If-None-Match / If-Match on PUT.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        s3_conditional_put: bool,
+        /// How long a volume lease lasts without renewal, in milliseconds; another
+        /// server takes a volume over this long after its owner stopped renewing.
+        /// 0 turns leases off (only for a store no other server uses).
+        #[arg(long, default_value_t = 10_000)]
+        lease_ttl_ms: u64,
         /// Directory for the metadata database (meta.db).
         #[arg(long)]
         state_dir: PathBuf,
@@ -45,7 +70,8 @@ enum Command {
     /// point's st_dev differs from its parent directory's. SIGTERM or SIGINT unmounts
     /// (lazily if busy) and exits 0.
     Mount {
-        /// File server URL.
+        /// File server URL, or several separated by commas: the client fails over to
+        /// the next one when a server is unreachable or does not own the volume.
         #[arg(long, default_value = "http://127.0.0.1:7702")]
         server: String,
         /// Volume name ([a-z0-9-]{1,64}).
@@ -94,14 +120,30 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             store_dir,
+            s3_bucket,
+            s3_endpoint,
+            s3_region,
+            s3_conditional_put,
+            lease_ttl_ms,
             state_dir,
             metrics_listen,
         } => {
+            let store = match (store_dir, s3_bucket) {
+                (_, Some(bucket)) => StoreConfig::S3(S3Config {
+                    bucket,
+                    endpoint: s3_endpoint,
+                    region: s3_region,
+                    conditional_put: s3_conditional_put,
+                }),
+                (Some(dir), None) => StoreConfig::Local(dir),
+                (None, None) => anyhow::bail!("give --store-dir or --s3-bucket"),
+            };
             let config = ServeConfig {
                 listen,
-                store_dir,
+                store,
                 state_dir,
                 metrics_listen,
+                lease_ttl: (lease_ttl_ms > 0).then(|| Duration::from_millis(lease_ttl_ms)),
             };
             berth_fsd::serve(config, shutdown_signal())
                 .await

@@ -8,6 +8,7 @@
 //! the last link of a file goes away it returns the inode number and the caller deletes
 //! the chunks after the transaction committed.
 
+pub mod journal;
 pub mod rename;
 
 use std::collections::HashSet;
@@ -125,6 +126,7 @@ impl MetaStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
+        journal::install(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))

@@ -1,14 +1,19 @@
 //! `berth-fsd serve`: opens the stores and runs the gRPC service and `/metrics` until
 //! asked to stop.
+//!
+//! The server's id (the owner name in volume leases) is kept in `<state-dir>/server-id`
+//! so a restarted server takes its own leases back at once; a server with a new state
+//! directory waits for the old lease to expire.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_api::volume::volumes_server::VolumesServer;
-use object_store::local::LocalFileSystem;
-use object_store::ObjectStore;
 
+use crate::data::lease::Leases;
+use crate::data::objects::{StoreConfig, StoreError};
 use crate::data::ChunkStore;
 use crate::error::FsError;
 use crate::meta::MetaStore;
@@ -20,12 +25,15 @@ use crate::service::VolumeService;
 pub struct ServeConfig {
     /// gRPC address.
     pub listen: SocketAddr,
-    /// Object store root (local directory) for file data.
-    pub store_dir: PathBuf,
+    /// The object store holding file data, the metadata journal and leases.
+    pub store: StoreConfig,
     /// Directory for `meta.db`.
     pub state_dir: PathBuf,
     /// `/metrics` address.
     pub metrics_listen: SocketAddr,
+    /// How long a volume lease lasts without renewal; `None` turns leases off (only
+    /// safe when no other server ever uses the same object store).
+    pub lease_ttl: Option<Duration>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -36,10 +44,12 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("opening object store at {path} failed")]
-    Store {
+    #[error("opening the object store failed")]
+    Store(#[from] StoreError),
+    #[error("reading or writing the server id {path} failed; check the state directory")]
+    ServerId {
         path: PathBuf,
-        source: object_store::Error,
+        source: std::io::Error,
     },
     #[error("opening metadata database in {path} failed")]
     Meta { path: PathBuf, source: FsError },
@@ -61,20 +71,12 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    for dir in [&config.store_dir, &config.state_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-    }
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalFileSystem::new_with_prefix(&config.store_dir).map_err(|source| {
-            ServeError::Store {
-                path: config.store_dir.clone(),
-                source,
-            }
-        })?,
-    );
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::CreateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let objects = config.store.open()?;
+    let server_id = server_id(&config.state_dir)?;
     let meta =
         Arc::new(
             MetaStore::open(&config.state_dir)
@@ -84,9 +86,13 @@ pub async fn serve(
                     source,
                 })?,
         );
-    let data = Arc::new(ChunkStore::new(store));
+    let leases = config
+        .lease_ttl
+        .map(|ttl| Leases::new(objects.clone(), server_id.clone(), ttl));
+    let renewals = leases.as_ref().map(|l| l.spawn_renewals());
+    let data = Arc::new(ChunkStore::new(objects, meta.clone(), leases));
     let metrics = Arc::new(Metrics::new());
-    let service = VolumeService::new(meta.clone(), data, metrics.clone());
+    let service = VolumeService::new(meta.clone(), data.clone(), metrics.clone());
 
     let grpc_listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -115,7 +121,8 @@ pub async fn serve(
     tracing::info!(
         listen = %config.listen,
         metrics = %config.metrics_listen,
-        store = %config.store_dir.display(),
+        store = ?config.store,
+        server_id,
         state = %config.state_dir.display(),
         boot_id = service.boot_id(),
         "berth-fsd serving"
@@ -130,6 +137,10 @@ pub async fn serve(
         .add_service(VolumesServer::new(service).max_decoding_message_size(32 << 20))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
         .await;
+    data.shutdown().await;
+    if let Some(task) = renewals {
+        task.abort();
+    }
     meta.close().await;
     grpc?;
     match metrics_task.await {
@@ -151,4 +162,22 @@ fn tokio_stream_listener(
         });
         Some((accepted, listener))
     })
+}
+
+/// This server's id, created on first start.
+fn server_id(state_dir: &Path) -> Result<String, ServeError> {
+    let path = state_dir.join("server-id");
+    let err = |source| ServeError::ServerId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(err(source)),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id).map_err(err)?;
+            Ok(id)
+        }
+    }
 }

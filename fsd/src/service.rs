@@ -74,7 +74,7 @@ impl VolumeService {
         let started = Instant::now();
         let result = async {
             validate_volume(volume)?;
-            self.meta.ensure_volume(volume).await?;
+            self.data.open_volume(volume).await?;
             body.await
         }
         .instrument(span)

@@ -68,6 +68,12 @@ impl ChunkCache {
         inner.entries.remove(&(volume.to_string(), ino, index));
     }
 
+    /// Removes every chunk of a volume.
+    pub fn remove_volume(&self, volume: &str) {
+        let mut inner = self.inner.lock().expect("chunk cache lock poisoned");
+        inner.entries.retain(|(v, _, _), _| v != volume);
+    }
+
     /// Removes chunks `>= first` of an inode.
     pub fn remove_from(&self, volume: &str, ino: u64, first: u64) {
         let mut inner = self.inner.lock().expect("chunk cache lock poisoned");
