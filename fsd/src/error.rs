@@ -27,6 +27,22 @@ pub enum FsError {
     NameTooLong,
     #[error("file too large: at most {max} bytes are allowed")]
     TooLarge { max: u64 },
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    #[error("extended attribute value too large: at most 64 KiB")]
+    ValueTooLarge,
+    #[error("no such extended attribute")]
+    NoAttr,
+    #[error("no space left: the extended attributes of this file are full")]
+    NoSpace,
+    #[error("volume quota exceeded: {0}; delete files or raise the quota")]
+    Quota(String),
+    #[error("volume inode quota exceeded; delete files or raise the quota")]
+    InodeQuota,
+    #[error("a conflicting lock is held")]
+    WouldBlock,
+    #[error("operation not supported: {0}")]
+    NotSupported(String),
     #[error("metadata database failed: {0}; check the state directory's disk")]
     Meta(#[from] sqlx::Error),
     #[error("metadata migration failed: {0}")]
@@ -53,6 +69,13 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooLarge { .. } => libc::EFBIG,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::ValueTooLarge => libc::E2BIG,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::NoSpace | FsError::Quota(_) => libc::ENOSPC,
+            FsError::InodeQuota => libc::EDQUOT,
+            FsError::WouldBlock => libc::EAGAIN,
+            FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
                 libc::EIO
             }
@@ -71,6 +94,13 @@ impl FsError {
             FsError::Invalid(_) => "einval",
             FsError::NameTooLong => "enametoolong",
             FsError::TooLarge { .. } => "efbig",
+            FsError::NotPermitted(_) => "eperm",
+            FsError::ValueTooLarge => "e2big",
+            FsError::NoAttr => "enodata",
+            FsError::NoSpace | FsError::Quota(_) => "enospc",
+            FsError::InodeQuota => "edquot",
+            FsError::WouldBlock => "eagain",
+            FsError::NotSupported(_) => "eopnotsupp",
             FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
                 "eio"
             }
@@ -91,6 +121,15 @@ impl FsError {
             FsError::NotEmpty | FsError::NotDir | FsError::IsDir => {
                 (Code::FailedPrecondition, self.to_string())
             }
+            FsError::NotPermitted(_) => (Code::PermissionDenied, self.to_string()),
+            FsError::ValueTooLarge | FsError::NotSupported(_) => {
+                (Code::InvalidArgument, self.to_string())
+            }
+            FsError::NoAttr => (Code::NotFound, self.to_string()),
+            FsError::NoSpace | FsError::Quota(_) | FsError::InodeQuota => {
+                (Code::ResourceExhausted, self.to_string())
+            }
+            FsError::WouldBlock => (Code::FailedPrecondition, self.to_string()),
             FsError::Unavailable(_) => (Code::Unavailable, self.to_string()),
             FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => (
                 Code::Internal,

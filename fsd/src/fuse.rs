@@ -7,15 +7,17 @@
 //! handles remember the server boot id their writes went to: if the server restarted
 //! in between, acknowledged writes may be lost and the next fsync/close reports EIO.
 //! Directory handles snapshot the listing so offsets stay stable while reading.
+//! Symlinks, hard links, xattrs, paged listings and `fcntl` locks are in [`ops`].
 
 mod attr;
+mod ops;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroU32;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_api::volume::{
     Attr, CreateRequest, InodeRequest, LookupRequest, MkdirRequest, NameRequest, ReadRequest,
@@ -33,12 +35,14 @@ use crate::client::FsClient;
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
+/// Most directory entries handed to one readdir call (the kernel buffer holds fewer).
+const LISTING_SLICE: usize = 1024;
 
 /// What an open handle remembers.
 #[derive(Debug)]
 enum Handle {
     File(FileHandle),
-    Dir(Option<Vec<Listed>>),
+    Dir(Option<Arc<Vec<Listed>>>),
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +70,10 @@ pub struct VolumeFs {
     ttls: Ttls,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// This mount's id in the server's lock table.
+    mount_id: String,
+    /// (inode, lock owner) pairs that took a lock through this mount.
+    locked: Mutex<HashSet<(u64, u64)>>,
 }
 
 fn errno(e: i32) -> Errno {
@@ -84,7 +92,18 @@ impl VolumeFs {
             ttls,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            mount_id: uuid::Uuid::new_v4().to_string(),
+            locked: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// This mount's id in the server's lock table (renew it with `KeepAlive`).
+    pub fn mount_id(&self) -> &str {
+        &self.mount_id
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+        self.locked.lock().expect("lock set poisoned")
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
@@ -178,38 +197,6 @@ impl VolumeFs {
         Ok(())
     }
 
-    /// Lists a directory with `.` and `..` first.
-    async fn list(&self, ino: u64) -> FuseResult<Vec<Listed>> {
-        let dir = self.get_attr(ino).await?;
-        let req = self.inode_req(ino);
-        let reply = self
-            .client
-            .call("readdir", |mut c| {
-                let req = req.clone();
-                async move { c.read_dir(req).await }
-            })
-            .await
-            .map_err(errno)?;
-        let mut out = Vec::with_capacity(reply.value.entries.len() + 2);
-        // The parent's inode number is not known here; the kernel ignores the
-        // attributes of "." and ".." and fills in the real parent for lookups.
-        out.push(Listed {
-            name: b".".to_vec(),
-            attr: dir,
-        });
-        out.push(Listed {
-            name: b"..".to_vec(),
-            attr: dir,
-        });
-        for e in reply.value.entries {
-            out.push(Listed {
-                name: e.name,
-                attr: attr_of(e.attr)?,
-            });
-        }
-        Ok(out)
-    }
-
     /// The listing of directory handle `fh` from `offset` on; re-read at offset 0.
     async fn listing(&self, ino: u64, fh: u64, offset: u64) -> FuseResult<Vec<Listed>> {
         let cached = match self.handles().get(&fh) {
@@ -219,14 +206,21 @@ impl VolumeFs {
         let entries = match cached {
             Some(entries) => entries,
             None => {
-                let entries = self.list(ino).await?;
+                let entries = Arc::new(self.list(ino).await?);
                 if let Some(Handle::Dir(slot)) = self.handles().get_mut(&fh) {
                     *slot = Some(entries.clone());
                 }
                 entries
             }
         };
-        Ok(entries.into_iter().skip(offset as usize).collect())
+        // The kernel asks for one buffer (a few hundred entries) per call: hand out a
+        // bounded slice, not the rest of a huge directory every time.
+        Ok(entries
+            .iter()
+            .skip(offset as usize)
+            .take(LISTING_SLICE)
+            .cloned()
+            .collect())
     }
 }
 
@@ -526,27 +520,25 @@ impl Filesystem for VolumeFs {
         inode: Inode,
         fh: u64,
         _flags: u32,
-        _lock_owner: u64,
+        lock_owner: u64,
         _flush: bool,
     ) -> FuseResult<()> {
         let result = self.sync_handle(inode, fh, false).await;
         self.handles().remove(&fh);
-        result
+        let unlocked = self.release_locks(inode, lock_owner).await;
+        result.and(unlocked)
     }
 
     async fn fsync(&self, _req: Request, inode: Inode, fh: u64, _datasync: bool) -> FuseResult<()> {
         self.sync_handle(inode, fh, true).await
     }
 
-    async fn flush(
-        &self,
-        _req: Request,
-        inode: Inode,
-        fh: u64,
-        _lock_owner: u64,
-    ) -> FuseResult<()> {
-        // Called on every close(): make the data durable before close returns.
-        self.sync_handle(inode, fh, false).await
+    async fn flush(&self, _req: Request, inode: Inode, fh: u64, lock_owner: u64) -> FuseResult<()> {
+        // Called on every close(): make the data durable before close returns, and
+        // drop the closing process's POSIX locks on the file.
+        let synced = self.sync_handle(inode, fh, false).await;
+        let unlocked = self.release_locks(inode, lock_owner).await;
+        synced.and(unlocked)
     }
 
     async fn opendir(&self, _req: Request, inode: Inode, _flags: u32) -> FuseResult<ReplyOpen> {
@@ -649,6 +641,95 @@ impl Filesystem for VolumeFs {
         } else {
             Err(errno(libc::EACCES))
         }
+    }
+
+    async fn symlink(
+        &self,
+        req: Request,
+        parent: Inode,
+        name: &OsStr,
+        link: &OsStr,
+    ) -> FuseResult<ReplyEntry> {
+        let attr = self.do_symlink(&req, parent, name, link).await?;
+        Ok(self.entry(&attr))
+    }
+
+    async fn readlink(&self, _req: Request, inode: Inode) -> FuseResult<ReplyData> {
+        Ok(ReplyData {
+            data: self.do_readlink(inode).await?,
+        })
+    }
+
+    async fn link(
+        &self,
+        _req: Request,
+        inode: Inode,
+        new_parent: Inode,
+        new_name: &OsStr,
+    ) -> FuseResult<ReplyEntry> {
+        let attr = self.do_link(inode, new_parent, new_name).await?;
+        Ok(self.entry(&attr))
+    }
+
+    async fn setxattr(
+        &self,
+        _req: Request,
+        inode: Inode,
+        name: &OsStr,
+        value: &[u8],
+        flags: u32,
+        _position: u32,
+    ) -> FuseResult<()> {
+        self.do_setxattr(inode, name, value, flags).await
+    }
+
+    async fn getxattr(
+        &self,
+        _req: Request,
+        inode: Inode,
+        name: &OsStr,
+        size: u32,
+    ) -> FuseResult<ReplyXAttr> {
+        self.do_getxattr(inode, name, size).await
+    }
+
+    async fn listxattr(&self, _req: Request, inode: Inode, size: u32) -> FuseResult<ReplyXAttr> {
+        self.do_listxattr(inode, size).await
+    }
+
+    async fn removexattr(&self, _req: Request, inode: Inode, name: &OsStr) -> FuseResult<()> {
+        self.do_removexattr(inode, name).await
+    }
+
+    async fn getlk(
+        &self,
+        _req: Request,
+        inode: Inode,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        r#type: u32,
+        pid: u32,
+    ) -> FuseResult<ReplyLock> {
+        self.do_getlk(inode, lock_owner, start, end, r#type, pid)
+            .await
+    }
+
+    async fn setlk(
+        &self,
+        _req: Request,
+        inode: Inode,
+        fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        r#type: u32,
+        pid: u32,
+        block: bool,
+    ) -> FuseResult<()> {
+        self.do_setlk(inode, fh, lock_owner, start, end, r#type, pid, block)
+            .await
     }
 
     async fn create(

@@ -9,7 +9,9 @@
 //! the chunks after the transaction committed.
 
 pub mod journal;
+pub mod links;
 pub mod rename;
+pub mod xattr;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -4,12 +4,14 @@
 //! Before mounting, the root directory is fetched from the server, so a mount that
 //! exists is a mount that works. A stale mount left by a crashed client at the same
 //! path is detached first. On shutdown the volume is unmounted (lazily if busy).
+//! While mounted, a task renews the mount's lease with the server every
+//! [`KEEP_ALIVE`], so the `fcntl` locks it holds stay valid (they expire when it dies).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_api::volume::InodeRequest;
+use berth_api::volume::{InodeRequest, KeepAliveRequest};
 use fuse3::raw::Session;
 use fuse3::MountOptions;
 
@@ -97,7 +99,8 @@ pub async fn mount(
         .fs_name(format!("berth:{}", config.volume))
         .allow_other(true)
         .default_permissions(true);
-    let fs = VolumeFs::new(client, config.volume.clone(), config.ttls);
+    let fs = VolumeFs::new(client.clone(), config.volume.clone(), config.ttls);
+    let keep_alive = tokio::spawn(renew_lease(client, fs.mount_id().to_string()));
     let mut handle = Session::new(options)
         .mount(fs, &config.mountpoint)
         .await
@@ -113,6 +116,7 @@ pub async fn mount(
     );
     ready();
 
+    let _stop_keep_alive = AbortOnDrop(keep_alive);
     tokio::select! {
         result = &mut handle => {
             tracing::info!(mountpoint = %config.mountpoint.display(), "volume was unmounted");
@@ -126,6 +130,36 @@ pub async fn mount(
             }
             Ok(())
         }
+    }
+}
+
+/// How often a mount renews its lease (the server drops its locks after 20 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Renews the lease of mount `mount_id` for as long as the mount lives.
+async fn renew_lease(client: FsClient, mount_id: String) {
+    let req = KeepAliveRequest { mount_id };
+    let mut tick = tokio::time::interval(KEEP_ALIVE);
+    loop {
+        tick.tick().await;
+        if let Err(errno) = client
+            .call("keepalive", |mut c| {
+                let req = req.clone();
+                async move { c.keep_alive(req).await }
+            })
+            .await
+        {
+            tracing::warn!(errno, "renewing the mount's lock lease failed; will retry");
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

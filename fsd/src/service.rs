@@ -4,6 +4,14 @@
 //! Every response carries [`BOOT_METADATA_KEY`], an id that changes each time the
 //! server starts, so a client can tell that acknowledged but unsynced writes may have
 //! been lost and fail the next fsync with EIO instead of pretending they are durable.
+//!
+//! Submodules: [`locks`] (the advisory lock table shared by all mounts) and [`quota`]
+//! (per-volume byte and inode limits). The link, xattr, lock and paged-listing calls
+//! are in `service/ops.rs`.
+
+pub mod locks;
+mod ops;
+pub mod quota;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,9 +19,11 @@ use std::time::Instant;
 
 use berth_api::volume::volumes_server::Volumes;
 use berth_api::volume::{
-    Attr, CreateRequest, DirEntry, Empty, Entry, FileKind, InodeRequest, LookupRequest,
-    MkdirRequest, NameRequest, ReadDirResponse, ReadRequest, ReadResponse, RenameRequest,
-    SetAttrRequest, StatFsResponse, VolumeRequest, WriteRequest, WriteResponse,
+    Attr, CreateRequest, DirEntry, Empty, Entry, FileKind, InodeRequest, KeepAliveRequest,
+    LinkRequest, LockRequest, LockResponse, LookupRequest, MkdirRequest, NameRequest,
+    ReadDirPageRequest, ReadDirResponse, ReadLinkResponse, ReadRequest, ReadResponse,
+    RenameRequest, SetAttrRequest, SetXattrRequest, StatFsResponse, SymlinkRequest, VolumeRequest,
+    WriteRequest, WriteResponse, XattrNames, XattrRequest, XattrValue,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -25,6 +35,8 @@ use crate::meta::rename::Place;
 use crate::meta::{AttrChanges, MetaStore, NewInode};
 use crate::metrics::Metrics;
 use crate::names::{validate_name, validate_volume};
+use locks::LockTable;
+use quota::{Quota, QuotaLimits};
 
 /// Response metadata key holding the server's boot id.
 pub const BOOT_METADATA_KEY: &str = "x-berth-fsd-boot";
@@ -45,6 +57,8 @@ pub struct VolumeService {
     data: Arc<ChunkStore>,
     metrics: Arc<Metrics>,
     boot_id: String,
+    locks: Arc<LockTable>,
+    quota: Arc<Quota>,
 }
 
 impl VolumeService {
@@ -54,7 +68,16 @@ impl VolumeService {
             data,
             metrics,
             boot_id: uuid::Uuid::new_v4().to_string(),
+            locks: Arc::new(LockTable::default()),
+            quota: Arc::new(Quota::new(QuotaLimits::from_env())),
         }
+    }
+
+    /// The same service with byte and inode limits on every volume (by default they
+    /// come from `BERTH_FSD_QUOTA_BYTES` / `BERTH_FSD_QUOTA_INODES`).
+    pub fn with_quota(mut self, limits: QuotaLimits) -> Self {
+        self.quota = Arc::new(Quota::new(limits));
+        self
     }
 
     /// The id sent in [`BOOT_METADATA_KEY`].
@@ -107,6 +130,7 @@ impl VolumeService {
     async fn drop_data(&self, volume: &str, ino: Option<u64>) -> FsResult<()> {
         if let Some(ino) = ino {
             self.data.lock(volume, ino).await.delete_all().await?;
+            self.quota.invalidate(volume);
         }
         Ok(())
     }
@@ -163,7 +187,18 @@ impl Volumes for VolumeService {
                 return Ok(self.meta.set_attr(&r.volume, r.ino, &changes).await?.0);
             }
             let mut inode = self.data.lock(&r.volume, r.ino).await;
+            if let Some(size) = changes.size {
+                let before = self.meta.get_attr(&r.volume, r.ino).await?;
+                if size > before.size && before.kind != FileKind::Directory as i32 {
+                    self.quota
+                        .grow(&self.meta, &r.volume, size - before.size)
+                        .await?;
+                }
+            }
             let (attr, old_size) = self.meta.set_attr(&r.volume, r.ino, &changes).await?;
+            if attr.size < old_size {
+                self.quota.invalidate(&r.volume);
+            }
             inode.truncate(old_size, attr.size).await?;
             Ok(attr)
         })
@@ -200,6 +235,13 @@ impl Volumes for VolumeService {
                 uid: r.uid,
                 gid: r.gid,
             };
+            if self.quota.limits.inodes.is_some() {
+                match self.meta.lookup(&r.volume, r.parent, &r.name).await {
+                    Err(FsError::NotFound) => self.quota.new_inode(&self.meta, &r.volume).await?,
+                    Err(err) => return Err(err),
+                    Ok(_) => {}
+                }
+            }
             let (attr, _created) = self
                 .meta
                 .create_file(&r.volume, r.parent, &r.name, new, r.exclusive)
@@ -218,6 +260,7 @@ impl Volumes for VolumeService {
                 uid: r.uid,
                 gid: r.gid,
             };
+            self.quota.new_inode(&self.meta, &r.volume).await?;
             let attr = self.meta.mkdir(&r.volume, r.parent, &r.name, new).await?;
             Ok(Entry { attr: Some(attr) })
         })
@@ -247,6 +290,17 @@ impl Volumes for VolumeService {
             check_io_size(len)?;
             let mut inode = self.data.lock(&r.volume, r.ino).await;
             let attr = self.file_attr(&r.volume, r.ino).await?;
+            let end = r.offset.checked_add(len).ok_or(FsError::TooLarge {
+                max: i64::MAX as u64,
+            })?;
+            if end > i64::MAX as u64 {
+                return Err(FsError::TooLarge {
+                    max: i64::MAX as u64,
+                });
+            }
+            self.quota
+                .grow(&self.meta, &r.volume, end.saturating_sub(attr.size))
+                .await?;
             inode.write(attr.size, r.offset, &r.data).await?;
             let attr = self
                 .meta
@@ -297,6 +351,7 @@ impl Volumes for VolumeService {
         self.run("rmdir", &r.volume, async {
             validate_name(&r.name)?;
             self.meta.rmdir(&r.volume, r.parent, &r.name).await?;
+            self.quota.invalidate(&r.volume);
             Ok(Empty {})
         })
         .await
@@ -321,15 +376,129 @@ impl Volumes for VolumeService {
         self.run("statfs", &r.volume, async {
             let (files, bytes) = self.meta.usage(&r.volume).await?;
             let used = bytes.div_ceil(u64::from(STATFS_BSIZE));
+            let limits = self.quota.limits;
+            let blocks = limits
+                .bytes
+                .map_or(STATFS_BLOCKS, |b| b / u64::from(STATFS_BSIZE));
+            let total_files = limits.inodes.unwrap_or(STATFS_FILES);
             Ok(StatFsResponse {
-                blocks: STATFS_BLOCKS,
-                bfree: STATFS_BLOCKS.saturating_sub(used),
-                files: STATFS_FILES,
-                ffree: STATFS_FILES.saturating_sub(files),
+                blocks,
+                bfree: blocks.saturating_sub(used),
+                files: total_files,
+                ffree: total_files.saturating_sub(files),
                 bsize: STATFS_BSIZE,
                 namelen: crate::names::NAME_MAX as u32,
             })
         })
         .await
+    }
+
+    async fn symlink(&self, request: Request<SymlinkRequest>) -> Result<Response<Entry>, Status> {
+        let r = request.into_inner();
+        self.run("symlink", &r.volume, self.symlink_op(&r)).await
+    }
+
+    async fn read_link(
+        &self,
+        request: Request<InodeRequest>,
+    ) -> Result<Response<ReadLinkResponse>, Status> {
+        let r = request.into_inner();
+        self.run("readlink", &r.volume, self.read_link_op(&r.volume, r.ino))
+            .await
+    }
+
+    async fn link(&self, request: Request<LinkRequest>) -> Result<Response<Entry>, Status> {
+        let r = request.into_inner();
+        self.run("link", &r.volume, self.link_op(&r)).await
+    }
+
+    async fn set_xattr(
+        &self,
+        request: Request<SetXattrRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("setxattr", &r.volume, async {
+            self.set_xattr_op(&r).await.map(|()| Empty {})
+        })
+        .await
+    }
+
+    async fn get_xattr(
+        &self,
+        request: Request<XattrRequest>,
+    ) -> Result<Response<XattrValue>, Status> {
+        let r = request.into_inner();
+        self.run("getxattr", &r.volume, self.get_xattr_op(&r)).await
+    }
+
+    async fn list_xattr(
+        &self,
+        request: Request<InodeRequest>,
+    ) -> Result<Response<XattrNames>, Status> {
+        let r = request.into_inner();
+        self.run("listxattr", &r.volume, self.list_xattr_op(&r.volume, r.ino))
+            .await
+    }
+
+    async fn remove_xattr(
+        &self,
+        request: Request<XattrRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("removexattr", &r.volume, async {
+            self.remove_xattr_op(&r).await.map(|()| Empty {})
+        })
+        .await
+    }
+
+    async fn read_dir_page(
+        &self,
+        request: Request<ReadDirPageRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let r = request.into_inner();
+        self.run("readdir", &r.volume, self.read_dir_page_op(&r))
+            .await
+    }
+
+    async fn get_lock(
+        &self,
+        request: Request<LockRequest>,
+    ) -> Result<Response<LockResponse>, Status> {
+        let r = request.into_inner();
+        self.run("getlk", &r.volume, self.get_lock_op(&r)).await
+    }
+
+    async fn set_lock(
+        &self,
+        request: Request<LockRequest>,
+    ) -> Result<Response<LockResponse>, Status> {
+        let r = request.into_inner();
+        self.run("setlk", &r.volume, self.set_lock_op(&r)).await
+    }
+
+    async fn release_locks(
+        &self,
+        request: Request<LockRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.run("releaselocks", &r.volume, async {
+            self.release_locks_op(&r).map(|()| Empty {})
+        })
+        .await
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<KeepAliveRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        if r.mount_id.is_empty() || r.mount_id.len() > 128 {
+            return Err(FsError::Invalid(
+                "keep-alive needs a mount id of 1 to 128 bytes".to_string(),
+            )
+            .into_status());
+        }
+        self.keep_alive_op(&r.mount_id);
+        Ok(Response::new(Empty {}))
     }
 }
