@@ -1,12 +1,18 @@
-//! The FUSE side's gRPC client: one lazily connected channel to the file server,
-//! retries while the server is unreachable, and errno decoding.
+//! The FUSE side's gRPC client: lazily connected channels to one or more file
+//! servers, failover and retries while they are unreachable, and errno decoding.
 //!
-//! A call that fails with `UNAVAILABLE` (connection refused or reset: the request did
-//! not run) is retried with backoff until the retry window closes, so a restarted file
-//! server is picked up without remounting. Any other failure becomes the errno the
-//! server put in `x-berth-errno` (EIO if absent).
+//! A call that fails with `UNAVAILABLE` (connection refused, or a server that does not
+//! hold the volume's lease) or that dies in flight with a transport error (no errno
+//! from the server: the server crashed mid-request) is retried with backoff on the next
+//! configured server until the retry window closes, so a restarted server, or another
+//! server taking the volume over, is picked up without remounting: the application
+//! sees a pause. Any other failure becomes the errno the server put in
+//! `x-berth-errno`. A retried non-idempotent call (create, mkdir, unlink, rename)
+//! that had already run on the dead server may report EEXIST / ENOENT.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_api::volume::volumes_client::VolumesClient;
@@ -24,6 +30,8 @@ pub enum ClientError {
         addr: String,
         source: tonic::transport::Error,
     },
+    #[error("no file server address given; pass --server http://host:port[,http://host2:port]")]
+    NoServer,
 }
 
 /// A reply and the boot id of the server that produced it.
@@ -33,32 +41,57 @@ pub struct Reply<T> {
     pub boot_id: Option<String>,
 }
 
-/// gRPC client of one file server.
+/// gRPC client of the file servers of one volume.
 #[derive(Debug, Clone)]
 pub struct FsClient {
-    inner: VolumesClient<Channel>,
+    servers: Arc<Vec<VolumesClient<Channel>>>,
+    /// Index of the server calls go to.
+    current: Arc<AtomicUsize>,
     retry_window: Duration,
 }
 
 impl FsClient {
-    /// A client of `server` (e.g. `http://127.0.0.1:7702`). Connects on first use.
+    /// A client of `server` (e.g. `http://127.0.0.1:7702`), or of several servers
+    /// separated by commas, tried in turn. Connects on first use.
     pub fn new(server: &str, retry_window: Duration) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(server.to_string())
-            .map_err(|source| ClientError::BadAddress {
-                addr: server.to_string(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let inner = VolumesClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(32 << 20)
-            .max_encoding_message_size(32 << 20);
+        let mut servers = Vec::new();
+        for addr in server.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let endpoint = Endpoint::from_shared(addr.to_string())
+                .map_err(|source| ClientError::BadAddress {
+                    addr: addr.to_string(),
+                    source,
+                })?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(3));
+            servers.push(
+                VolumesClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(32 << 20)
+                    .max_encoding_message_size(32 << 20),
+            );
+        }
+        if servers.is_empty() {
+            return Err(ClientError::NoServer);
+        }
         Ok(Self {
-            inner,
+            servers: Arc::new(servers),
+            current: Arc::new(AtomicUsize::new(0)),
             retry_window,
         })
+    }
+
+    /// Moves calls on from server `from` to the next one (unless another call did).
+    fn fail_over(&self, from: usize) {
+        let next = (from + 1) % self.servers.len();
+        if self
+            .current
+            .compare_exchange(from, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            && next != from
+        {
+            tracing::warn!(from, to = next, "switching to the next file server");
+        }
     }
 
     /// Runs one call, retrying while the server is unreachable. Errors are errnos.
@@ -70,7 +103,8 @@ impl FsClient {
         let deadline = Instant::now() + self.retry_window;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match f(self.inner.clone()).await {
+            let index = self.current.load(Ordering::SeqCst) % self.servers.len();
+            match f(self.servers[index].clone()).await {
                 Ok(response) => {
                     let boot_id = response
                         .metadata()
@@ -82,7 +116,8 @@ impl FsClient {
                         boot_id,
                     });
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if retryable(&status) => {
+                    self.fail_over(index);
                     if Instant::now() >= deadline {
                         tracing::error!(op, %status, "file server unreachable; giving up");
                         return Err(libc::EIO);
@@ -98,6 +133,19 @@ impl FsClient {
                 Err(status) => return Err(errno_of(&status)),
             }
         }
+    }
+}
+
+/// Whether a failed call should be retried (possibly on another server): the server
+/// was unreachable, refused to serve the volume for now, or the call died in flight
+/// without an answer from the server (which always sends an errno).
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            status.metadata().get(ERRNO_METADATA_KEY).is_none()
+        }
+        _ => false,
     }
 }
 
@@ -136,5 +184,17 @@ mod tests {
         assert_eq!(errno_of(&s), libc::ENOTEMPTY);
         assert_eq!(errno_of(&Status::not_found("x")), libc::ENOENT);
         assert_eq!(errno_of(&Status::internal("x")), libc::EIO);
+    }
+
+    #[tokio::test]
+    async fn in_flight_failures_are_retried_server_errors_are_not() {
+        assert!(retryable(&Status::unavailable("connection refused")));
+        assert!(retryable(&Status::unknown("transport error")));
+        let served = crate::error::FsError::Unavailable("lease".into()).into_status();
+        assert!(retryable(&served), "a server without the lease sends us on");
+        let storage = crate::error::FsError::Corrupt("x".into()).into_status();
+        assert!(!retryable(&storage), "a server's own EIO is final");
+        assert!(FsClient::new(" , ", Duration::from_secs(1)).is_err());
+        assert!(FsClient::new("http://a:1,http://b:2", Duration::from_secs(1)).is_ok());
     }
 }

@@ -37,6 +37,8 @@ pub struct Server {
     pub metrics_port: u16,
     pub store: PathBuf,
     pub state: PathBuf,
+    /// Extra `serve` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Server {
@@ -47,6 +49,21 @@ impl Server {
             metrics_port: free_port(),
             store: root.join("store"),
             state: root.join("state"),
+            extra: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server on the object store `store` with its own state dir and extra args.
+    pub fn start_on(store: &Path, state: &Path, extra: &[&str]) -> Server {
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            metrics_port: free_port(),
+            store: store.to_path_buf(),
+            state: state.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         server
@@ -66,6 +83,7 @@ impl Server {
             .arg(&self.state)
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .args(&self.extra)
             .stdout(Stdio::null());
         cmd
     }
@@ -161,12 +179,17 @@ fn st_dev(path: &Path) -> Option<u64> {
 
 impl Mount {
     pub fn start(server: &Server, volume: &str, path: &Path) -> Mount {
+        Mount::start_url(&server.url(), volume, path)
+    }
+
+    /// A mount of `url` (one server or several separated by commas).
+    pub fn start_url(url: &str, volume: &str, path: &Path) -> Mount {
         std::fs::create_dir_all(path).expect("creating mount point");
         let child = Command::new(BIN)
             .args([
                 "mount",
                 "--server",
-                &server.url(),
+                url,
                 "--volume",
                 volume,
                 "--retry-secs",
