@@ -10,6 +10,7 @@ PKGS=(
   busybox-static umoci skopeo                 # build the demo image locally and push it
   runc                                        # the peer in bench/sandbox
   buildah debootstrap                         # images interop test (buildah --storage-driver vfs), stacks/python rootfs
+  nftables                                    # sandbox egress: the agent loads table inet berth with `nft -f -`
   git curl jq sqlite3 ca-certificates
 )
 missing=()

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::image::Images;
 use crate::metrics::Metrics;
 use crate::netns::{self, HostNetns};
+use crate::network::{Network, NetworkCollector, NetworkConfig};
 use crate::state::{netns_name, Agent, Config};
 use crate::supervisor::Reconciler;
 use crate::volumes::{self, VolumeConfig, Volumes};
@@ -22,8 +23,14 @@ use crate::{control, ingress, instance, sandbox};
 /// How long shutdown waits for instances to stop.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs the agent until SIGTERM or SIGINT, then stops every local instance.
+/// Runs the agent until SIGTERM or SIGINT, then stops every local instance. Sandboxes
+/// get egress with the default [`NetworkConfig`].
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    run_with(cfg, Some(NetworkConfig::default())).await
+}
+
+/// [`run`] with explicit network settings; `None` gives sandboxes loopback only.
+pub async fn run_with(cfg: Config, network: Option<NetworkConfig>) -> anyhow::Result<()> {
     for dir in [
         cfg.state_dir.clone(),
         cfg.images_dir(),
@@ -47,7 +54,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("sandboxd socket {}", cfg.sandboxd_socket.display()))?;
     let images = Images::open(&cfg.images_dir())
         .with_context(|| format!("opening the image store at {}", cfg.images_dir().display()))?;
-    let metrics = Arc::new(Metrics::new());
+    let network = match network {
+        Some(n) => Some(Arc::new(Network::init(n).context(
+            "setting up sandbox egress (needs root, nftables and iproute2: scripts/install-deps.sh)",
+        )?)),
+        None => None,
+    };
+    let mut metrics = Metrics::new();
+    if let Some(n) = &network {
+        metrics.register_collector(Box::new(NetworkCollector(n.clone())));
+    }
+    let metrics = Arc::new(metrics);
 
     let ingress_listener = TcpListener::bind(cfg.ingress_listen)
         .await
@@ -59,14 +76,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("controller address {:?}", cfg.controller))?;
     let client = WorkersClient::new(channel);
 
-    let agent = Arc::new(Agent::new(
-        cfg,
-        host_netns,
-        sandboxes,
-        vols,
-        images,
-        metrics.clone(),
-    ));
+    let mut agent = Agent::new(cfg, host_netns, sandboxes, vols, images, metrics.clone());
+    if let Some(n) = network {
+        agent = agent.with_network(n);
+    }
+    let agent = Arc::new(agent);
     clean_leftover_instances(&agent).await;
     let reconciler = Reconciler::new(agent.clone());
 
@@ -135,6 +149,11 @@ async fn clean_leftover_instances(agent: &Agent) {
             instance::stop_and_delete_sandbox(agent, &id),
         )
         .await;
+        if let Some(net) = &agent.network {
+            if let Err(err) = net.detach_async(&id).await {
+                warn!(instance = %id, error = %err, "removing leftover sandbox network");
+            }
+        }
         if let Err(err) = netns::remove(&netns::path_of(&netns_name(&id))) {
             warn!(instance = %id, error = %err, "removing leftover network namespace");
         }

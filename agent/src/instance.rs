@@ -47,6 +47,8 @@ pub enum StartError {
     Volume(#[from] VolumeError),
     #[error("creating the network namespace: {0}")]
     Netns(#[from] netns::NetnsError),
+    #[error("giving the sandbox its network: {0}")]
+    Network(#[from] crate::network::NetworkError),
     #[error("{0}")]
     Spec(#[from] SpecError),
     #[error("sandboxd {op} failed: {status} (is berth-sandboxd running on its socket?)")]
@@ -84,6 +86,7 @@ pub struct Running {
     rootfs: bool,
     volume: Option<String>,
     netns_made: bool,
+    egress: bool,
     sandbox: bool,
 }
 
@@ -98,6 +101,7 @@ impl Running {
             rootfs: false,
             volume: None,
             netns_made: false,
+            egress: false,
             sandbox: false,
         }
     }
@@ -114,6 +118,14 @@ impl Running {
         if self.sandbox {
             stop_and_delete_sandbox(agent, &id).await;
             self.sandbox = false;
+        }
+        if self.egress {
+            if let Some(net) = &agent.network {
+                if let Err(e) = net.detach_async(&id).await {
+                    warn!(instance = %id, error = %e, "removing the sandbox network");
+                }
+            }
+            self.egress = false;
         }
         if self.netns_made {
             if let Err(e) = netns::remove(&self.netns) {
@@ -268,6 +280,10 @@ where
     stop_and_delete_sandbox(agent, &id).await;
     run.netns_made = true;
     netns::create(&netns_name(&id))?;
+    if let Some(net) = &agent.network {
+        run.egress = true;
+        net.attach_async(&id, &netns_name(&id)).await?;
+    }
     let _ = std::fs::create_dir_all(agent.cfg.logs_dir());
     let mut client = agent.sandboxes.clone();
     run.sandbox = true;

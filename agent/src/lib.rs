@@ -5,7 +5,8 @@
 //! diffs it against the local instances ([`reconcile`]) and runs one supervisor task per
 //! instance. A start ([`instance`]) pulls the image and mounts an overlay root filesystem
 //! ([`image`]), mounts the site's `/home` volume with `berth-fsd mount` ([`volumes`]),
-//! makes a network namespace with `lo` up ([`netns`]), asks sandboxd to create and start
+//! makes a network namespace with `lo` up ([`netns`]) and gives it egress through a veth,
+//! NAT and Berth's firewall ([`network`]), asks sandboxd to create and start
 //! the sandbox ([`sandbox`], arguments and environment from [`spec`]) and probes the app
 //! over HTTP inside the namespace before reporting it ready.
 //!
@@ -21,6 +22,7 @@ pub mod instance;
 pub mod logtail;
 pub mod metrics;
 pub mod netns;
+pub mod network;
 pub mod reconcile;
 pub mod sandbox;
 pub mod spec;

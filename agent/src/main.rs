@@ -45,6 +45,15 @@ struct Args {
     /// Instances this worker offers to run.
     #[arg(long, default_value_t = 32)]
     capacity: u32,
+    /// Private IPv4 range the sandboxes' veth /30s come from (same on every agent of a host).
+    #[arg(long, default_value = berth_agent::network::DEFAULT_POOL)]
+    egress_pool: berth_agent::network::Ipv4Net,
+    /// Open outbound connections allowed per instance; new ones beyond are rejected.
+    #[arg(long, env = "BERTH_OUTBOUND_CONNECTION_LIMIT", default_value_t = berth_agent::network::DEFAULT_OUTBOUND_CONNECTION_LIMIT)]
+    outbound_connection_limit: u32,
+    /// Give sandboxes loopback only: no veth, no NAT, no nftables rules.
+    #[arg(long)]
+    no_egress: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,5 +101,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(berth_agent::run(cfg))
+    let network = (!args.no_egress).then(|| berth_agent::network::NetworkConfig {
+        pool: args.egress_pool,
+        outbound_connection_limit: args.outbound_connection_limit,
+        ..Default::default()
+    });
+    runtime.block_on(berth_agent::daemon::run_with(cfg, network))
 }

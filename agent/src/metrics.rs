@@ -108,6 +108,14 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector read on every scrape (e.g. per-instance network figures).
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
+    }
+
     /// Observes one start phase.
     pub fn phase(&self, phase: Phase, seconds: f64) {
         self.start_seconds

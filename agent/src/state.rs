@@ -14,6 +14,7 @@ use crate::image::Images;
 use crate::ingress::pool::Pool;
 use crate::metrics::{Metrics, StateLabels};
 use crate::netns::HostNetns;
+use crate::network::Network;
 use crate::sandbox::SandboxClient;
 use crate::volumes::Volumes;
 
@@ -84,6 +85,8 @@ pub struct Agent {
     pub images: Images,
     pub metrics: Arc<Metrics>,
     pub pool: Pool,
+    /// Sandbox egress (veth, NAT, firewall); `None` leaves namespaces with `lo` only.
+    pub network: Option<Arc<Network>>,
     instances: RwLock<HashMap<String, InstanceView>>,
     reports: Mutex<BTreeMap<String, InstanceReport>>,
     pub reports_ready: Notify,
@@ -107,11 +110,18 @@ impl Agent {
             images,
             metrics,
             pool: Pool::default(),
+            network: None,
             instances: RwLock::new(HashMap::new()),
             reports: Mutex::new(BTreeMap::new()),
             reports_ready: Notify::new(),
             epochs: AtomicU64::new(1),
         }
+    }
+
+    /// Gives instances egress through `network`.
+    pub fn with_network(mut self, network: Arc<Network>) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// A fresh epoch for a new run of an instance.
