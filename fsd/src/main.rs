@@ -30,12 +30,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7702")]
         listen: SocketAddr,
         /// Object store root (local directory) holding file data, the metadata journal
-        /// and leases. Required unless --s3-bucket is given.
-        #[arg(
-            long,
-            required_unless_present = "s3_bucket",
-            conflicts_with = "s3_bucket"
-        )]
+        /// and leases. Required unless --s3-bucket is given (which takes precedence).
+        #[arg(long, required_unless_present = "s3_bucket")]
         store_dir: Option<PathBuf>,
         /// S3 bucket to use as the object store instead of --store-dir. Credentials
         /// come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
