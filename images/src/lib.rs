@@ -18,6 +18,7 @@
 pub mod client;
 pub mod manifest;
 pub mod reference;
+pub mod idmap;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;

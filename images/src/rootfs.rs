@@ -7,6 +7,12 @@
 //! new mount API adds them one by one (`fsconfig(..., "lowerdir+", ...)`, Linux 6.8+).
 //! `unmount_rootfs` undoes it and removes the three directories, never deleting through
 //! a still-mounted overlay.
+//!
+//! [`mount_rootfs_idmapped`] does the same for a sandbox with its own user namespace:
+//! the lower dirs are idmapped views of the snapshots ([`crate::idmap`]) attached under
+//! `<instance>/lower/<n>` just long enough to build the overlay (overlayfs keeps its
+//! own private clones of its layers), and `upper`/`work` belong to the range's host
+//! root, so the sandbox's root owns and can change every file of its image.
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -69,6 +75,74 @@ fn is_mount_point(dir: &Path) -> io::Result<bool> {
     };
     let parent = fs::metadata(dir.join(".."))?;
     Ok(md.dev() != parent.dev() || md.ino() == parent.ino())
+}
+
+/// Like [`mount_rootfs`], for a sandbox whose root is host id `range.host_id`: the
+/// snapshots are seen through idmapped mounts and the writable layer belongs to that
+/// id. Mounting an already-mounted instance root is a no-op.
+#[instrument(skip_all, fields(instance_dir = %instance_dir.display(), host_id = range.host_id))]
+pub fn mount_rootfs_idmapped(
+    snapshot_dirs: &[PathBuf],
+    instance_dir: &Path,
+    range: crate::idmap::IdRange,
+) -> Result<PathBuf, RootfsError> {
+    let rootfs = instance_dir.join("rootfs");
+    if is_mount_point(&rootfs).map_err(io_err(&rootfs))? {
+        debug!("instance root already mounted");
+        return Ok(rootfs);
+    }
+    let lower_root = instance_dir.join("lower");
+    detach_lowers(&lower_root);
+    let userns = crate::idmap::userns_fd(range).map_err(|e| RootfsError::Mount {
+        target: rootfs.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut lowers = Vec::with_capacity(snapshot_dirs.len());
+    let result = (|| {
+        for (i, snap) in snapshot_dirs.iter().enumerate() {
+            let target = lower_root.join(i.to_string());
+            fs::create_dir_all(&target).map_err(io_err(&target))?;
+            crate::idmap::mount_idmapped(snap, &target, &userns).map_err(|e| {
+                RootfsError::Mount {
+                    target: rootfs.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            lowers.push(target);
+        }
+        for d in ["upper", "work"] {
+            let p = instance_dir.join(d);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+            std::os::unix::fs::chown(&p, Some(range.host_id), Some(range.host_id))
+                .map_err(io_err(&p))?;
+        }
+        mount_rootfs_impl(&lowers, instance_dir, false)
+    })();
+    // The overlay holds private clones of its layers: the attached views can go.
+    detach_lowers(&lower_root);
+    result
+}
+
+/// Detaches every idmapped lower view under `lower_root` and removes the (then empty)
+/// directories. A view has the same device number as the snapshot it shows, so a
+/// device comparison cannot tell it is a mount: unmount until the kernel says EINVAL.
+/// Never deletes recursively: that could reach through a view into a snapshot.
+fn detach_lowers(lower_root: &Path) {
+    let Ok(entries) = fs::read_dir(lower_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        for _ in 0..8 {
+            if umount2(&p, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+        if let Err(err) = fs::remove_dir(&p) {
+            tracing::warn!(dir = %p.display(), %err, "removing an idmapped lower view directory");
+        }
+    }
+    let _ = fs::remove_dir(lower_root);
 }
 
 /// Mount the overlay root for an instance; returns `<instance_dir>/rootfs`.
@@ -298,6 +372,7 @@ pub fn unmount_rootfs(instance_dir: &Path) -> Result<(), RootfsError> {
     if is_mount_point(&rootfs).map_err(io_err(&rootfs))? {
         return Err(RootfsError::StillMounted { target: rootfs });
     }
+    detach_lowers(&instance_dir.join("lower"));
     for name in ["rootfs", "upper", "work", "empty"] {
         let p = instance_dir.join(OsStr::new(name));
         match fs::remove_dir_all(&p) {
@@ -372,6 +447,58 @@ mod tests {
         let snaps = layers(&tmp.path().join("snapshots"), 3, 8);
         check(&snaps, &tmp.path().join("inst-a"), false);
         check(&snaps, &tmp.path().join("inst-b"), true);
+    }
+
+    #[test]
+    fn idmapped_overlay_belongs_to_the_host_range() {
+        need_root();
+        let tmp = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        // The range's root must be able to reach the instance root.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let snaps = layers(&tmp.path().join("snapshots"), 2, 8);
+        let instance = tmp.path().join("inst");
+        let range = crate::idmap::IdRange {
+            host_id: 3_100_000,
+            size: 65_536,
+        };
+        let root = mount_rootfs_idmapped(&snaps, &instance, range).unwrap();
+        assert_eq!(
+            mount_rootfs_idmapped(&snaps, &instance, range).unwrap(),
+            root
+        );
+        assert!(
+            !instance.join("lower").exists(),
+            "lower views left attached"
+        );
+        let owner = |p: &Path| fs::metadata(p).unwrap().uid();
+        assert_eq!(owner(&root), 3_100_000);
+        assert_eq!(owner(&root.join("f0")), 3_100_000);
+        // A write as the range's root (the sandbox's root) copies up with its owner.
+        let f0 = root.join("f0");
+        let status = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=3100000",
+                "--regid=3100000",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(format!(
+                "echo changed > {} && touch {}/new",
+                f0.display(),
+                root.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success(), "the range's root cannot write its image");
+        assert_eq!(owner(&instance.join("upper/f0")), 3_100_000);
+        assert_eq!(owner(&instance.join("upper/new")), 3_100_000);
+        // One copy per worker: the snapshot is unchanged and still owned by 0.
+        assert_eq!(fs::read_to_string(snaps[0].join("f0")).unwrap(), "0");
+        assert_eq!(owner(&snaps[0].join("f0")), 0);
+        unmount_rootfs(&instance).unwrap();
+        assert!(!instance.join("rootfs").exists());
     }
 
     #[test]
