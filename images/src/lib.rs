@@ -16,9 +16,9 @@
 //! - [`rootfs`]: overlay root filesystems for instances.
 
 pub mod client;
+pub mod idmap;
 pub mod manifest;
 pub mod reference;
-pub mod idmap;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
