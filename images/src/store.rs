@@ -452,8 +452,6 @@ impl ImageStore {
             return Ok(img);
         }
         let (config, config_bytes) = client.fetch_config(r, &fetched.manifest).await?;
-        self.put_blob_bytes(&manifest_digest, &fetched.bytes)?;
-        self.put_blob_bytes(&fetched.manifest.config.digest, &config_bytes)?;
         let layers = fetched.manifest.layers.clone();
         progress(PullEvent::Resolved {
             manifest_digest: manifest_digest.clone(),
@@ -471,6 +469,10 @@ impl ImageStore {
             .buffered(self.concurrency)
             .try_collect()
             .await?;
+        // Manifest and config blobs only once every layer is in: a failed pull leaves no
+        // blob of its own behind (a resumable partial download aside).
+        self.put_blob_bytes(&manifest_digest, &fetched.bytes)?;
+        self.put_blob_bytes(&fetched.manifest.config.digest, &config_bytes)?;
         let rec = ImageRecord {
             reference: pinned.clone(),
             manifest_digest: manifest_digest.clone(),
@@ -552,8 +554,12 @@ impl ImageStore {
                 fsync_dir(snap2.parent().expect("snapshot has a parent"))?;
                 Ok(stats.entries)
             })();
-            if result.is_err() {
+            if let Err(e) = &result {
                 let _ = fs::remove_dir_all(&tmp2);
+                if matches!(e, StoreError::Unpack { .. }) {
+                    // The blob is verified but cannot be unpacked: it is of no use to anyone.
+                    let _ = fs::remove_file(&blob2);
+                }
             }
             result
         })

@@ -137,6 +137,9 @@ fn clean(path: &Path) -> Result<Comps, &'static str> {
     if path.as_os_str().len() > MAX_PATH_BYTES {
         return Err("path too long");
     }
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err("path contains a NUL byte");
+    }
     let mut out = Vec::new();
     for c in path.components() {
         match c {
@@ -221,8 +224,7 @@ pub fn unpack_layer<R: Read>(
         match u.entry(&mut entry) {
             Ok(()) => {}
             // A failed read of entry data is an archive error (or the size limit).
-            Err(UnpackError::Io { source, .. }) if count.get() > limits.max_bytes => {
-                drop(source);
+            Err(_) if count.get() > limits.max_bytes => {
                 return Err(UnpackError::TooLarge {
                     limit: limits.max_bytes,
                 });
@@ -358,7 +360,10 @@ impl Unpacker {
                 )
                 .map_err(io_err("creating file"))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(io_err("writing file data"))?;
+                copy_data(entry, &mut file).map_err(|e| match e {
+                    CopyError::Read(source) => UnpackError::Archive { source },
+                    CopyError::Write(source) => io_err("writing file data")(source),
+                })?;
                 sys::fchown(file.as_fd(), uid, gid).map_err(io_err("chown"))?;
                 // chmod after chown: chown clears set-id bits.
                 sys::fchmod(file.as_fd(), mode).map_err(io_err("chmod"))?;
@@ -512,6 +517,25 @@ impl Unpacker {
             }
         }
         Ok(())
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copy an entry's data, telling a broken archive (read) from a failing disk (write).
+fn copy_data(from: &mut impl Read, to: &mut File) -> Result<(), CopyError> {
+    let mut buf = vec![0u8; 128 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        io::Write::write_all(to, &buf[..n]).map_err(CopyError::Write)?;
     }
 }
 
