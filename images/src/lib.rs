@@ -11,11 +11,13 @@
 //! - [`reference`]: image references and digests;
 //! - [`manifest`]: OCI / Docker manifest, index and config documents;
 //! - [`client`]: the registry (distribution API v2) client;
+//! - [`credentials`]: registry credentials from Berth's and docker's config files;
 //! - [`unpack`]: safe layer unpacking with overlay whiteouts;
 //! - [`store`]: blobs, snapshots and image records on disk;
 //! - [`rootfs`]: overlay root filesystems for instances.
 
 pub mod client;
+pub mod credentials;
 pub mod idmap;
 pub mod manifest;
 pub mod reference;
