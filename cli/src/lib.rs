@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod output;
+pub mod registry;
 pub mod up;
 
 pub use client::{ApiClient, ClientError};

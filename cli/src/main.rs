@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use berth_api::rest::{CreateSite, Site};
 use berth_cli::output::{self, Format};
-use berth_cli::{client, up, ApiClient, ClientError};
+use berth_cli::{client, registry, up, ApiClient, ClientError};
+use berth_images::credentials;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -67,6 +68,28 @@ enum Cmd {
     /// Inspect workers.
     #[command(subcommand)]
     Workers(WorkersCmd),
+    /// Save or remove credentials for an image registry.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Check credentials against a registry and save them for `berth sites create`.
+    Login {
+        /// Registry host[:port], e.g. registry.example.com or 127.0.0.1:5000
+        host: String,
+        #[arg(long, short)]
+        username: String,
+        /// Read the password from standard input (the only way to give it).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Plain HTTP (the default for loopback hosts).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Remove saved credentials for a registry.
+    Logout { host: String },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +212,10 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("--instances must be 0 or more (got {instances})");
             }
             let env = parse_env(&env)?;
+            let registry_auth = match registry_auth {
+                Some(a) => Some(a),
+                None => saved_registry_auth(&image)?,
+            };
             let c = client()?;
             let req = CreateSite {
                 name: name.clone(),
@@ -250,6 +277,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Registry(RegistryCmd::Login {
+            host,
+            username,
+            password_stdin,
+            insecure,
+        }) => registry_login(&host, &username, password_stdin, insecure).await,
+        Cmd::Registry(RegistryCmd::Logout { host }) => {
+            let (path, had) = credentials::remove(&host)?;
+            if had {
+                println!("Removed credentials for {host} from {}", path.display());
+            } else {
+                println!("No saved credentials for {host} in {}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Workers(WorkersCmd::List { output }) => {
             let list = client()?.list_workers().await?;
             match output {
@@ -259,6 +301,48 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `user:password` saved for the registry of `image` (`berth registry login`, docker's config).
+fn saved_registry_auth(image: &str) -> Result<Option<String>> {
+    // A reference that does not parse is the controller's to reject, with its own message.
+    let Ok(r) = image.parse::<berth_images::Reference>() else {
+        return Ok(None);
+    };
+    let found = credentials::lookup(r.registry())
+        .with_context(|| format!("looking up saved credentials for {}", r.registry()))?;
+    Ok(found.map(|(u, p)| format!("{u}:{p}")))
+}
+
+async fn registry_login(
+    host: &str,
+    user: &str,
+    password_stdin: bool,
+    insecure: bool,
+) -> Result<()> {
+    use std::io::{IsTerminal, Read};
+    if !password_stdin && std::io::stdin().is_terminal() {
+        bail!("give the password on standard input with --password-stdin, e.g. `cat pw.txt | berth registry login {host} -u {user} --password-stdin`");
+    }
+    let mut pass = String::new();
+    std::io::stdin()
+        .read_to_string(&mut pass)
+        .context("reading the password from standard input")?;
+    let pass = pass.trim_end_matches(['\n', '\r']);
+    if pass.is_empty() {
+        bail!("no password on standard input");
+    }
+    let insecure = insecure || registry::is_loopback(host);
+    let verified = registry::verify(host, user, pass, insecure).await?;
+    let path = credentials::store(host, user, pass)?;
+    if verified == registry::Verified::NotChecked {
+        eprintln!("note: {host} serves /v2/ without credentials, so they could not be checked");
+    }
+    println!(
+        "Login succeeded: credentials for {host} saved in {}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
