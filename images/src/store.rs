@@ -39,7 +39,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::client::{ClientError, ClientOptions, RegistryClient};
 use crate::manifest::{Descriptor, ImageConfig};
 use crate::reference::{Digest, Reference};
-use crate::unpack::{unpack_layer, UnpackError, UnpackLimits};
+use crate::unpack::{unpack_layer_onto, UnpackError, UnpackLimits};
 
 mod gc;
 #[cfg(test)]
@@ -461,14 +461,36 @@ impl ImageStore {
         let pinned = r.pinned(manifest_digest.clone());
         // The futures are built eagerly (not in a `Stream::map` closure over `&Descriptor`,
         // whose higher-ranked lifetime made the whole pull future not `Send`).
+        // Downloads run `concurrency` at a time; each layer is unpacked, in order, as soon
+        // as it and every layer below it are in, because a layer is unpacked on top of the
+        // snapshots below it (implicit parent directories take their attributes).
         let pending: Vec<_> = layers
             .iter()
-            .map(|l| self.ensure_layer(client, &pinned, l, progress))
+            .map(|l| self.fetch_layer(client, &pinned, l, progress))
             .collect();
-        let snapshot_dirs: Vec<PathBuf> = futures::stream::iter(pending)
+        let (fetched_tx, mut fetched_rx) = futures::channel::mpsc::unbounded::<()>();
+        let downloads = futures::stream::iter(pending)
             .buffered(self.concurrency)
-            .try_collect()
-            .await?;
+            .try_for_each(move |()| {
+                // `buffered` yields in order: the n-th message means layer n is here.
+                let _ = fetched_tx.unbounded_send(());
+                futures::future::ready(Ok(()))
+            });
+        let unpacks = async {
+            let mut dirs: Vec<PathBuf> = Vec::with_capacity(layers.len());
+            for l in &layers {
+                if fetched_rx.next().await.is_none() {
+                    // The downloads failed: their error is what the pull returns.
+                    break;
+                }
+                let dir = self
+                    .ensure_layer(client, &pinned, l, &dirs, progress)
+                    .await?;
+                dirs.push(dir);
+            }
+            Ok::<_, StoreError>(dirs)
+        };
+        let ((), snapshot_dirs) = futures::future::try_join(downloads, unpacks).await?;
         // Manifest and config blobs only once every layer is in: a failed pull leaves no
         // blob of its own behind (a resumable partial download aside).
         self.put_blob_bytes(&manifest_digest, &fetched.bytes)?;
@@ -504,12 +526,34 @@ impl ImageStore {
         })
     }
 
-    /// Make sure layer `desc` is unpacked; returns its snapshot directory.
+    /// Make sure the blob of layer `desc` is here, unless its snapshot already is.
+    async fn fetch_layer(
+        &self,
+        client: &RegistryClient,
+        r: &Reference,
+        desc: &Descriptor,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let snap = self.snapshot_path(&desc.digest);
+        if snap.is_dir() {
+            return Ok(());
+        }
+        let _lock = self.lock(&desc.digest).await?;
+        let blob = self.blob_path(&desc.digest);
+        if !snap.is_dir() && !blob.exists() {
+            self.download(client, r, desc, &blob, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Make sure layer `desc` is unpacked on top of `lowers` (the snapshots of the layers
+    /// below it, bottom first); returns its snapshot directory.
     async fn ensure_layer(
         &self,
         client: &RegistryClient,
         r: &Reference,
         desc: &Descriptor,
+        lowers: &[PathBuf],
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<PathBuf, StoreError> {
         let snap = self.snapshot_path(&desc.digest);
@@ -534,18 +578,20 @@ impl ImageStore {
         let tmp = self.tmp_path(&format!("snap-{}", desc.digest.hex()));
         let limits = self.limits;
         let (snap2, blob2, tmp2) = (snap.clone(), blob.clone(), tmp.clone());
+        let lowers = lowers.to_vec();
         let image = r.to_string();
         let layer = desc.digest.clone();
         let stats = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
             fs::create_dir(&tmp2).map_err(io_err("creating", &tmp2))?;
             let result = (|| {
                 let f = File::open(&blob2).map_err(io_err("opening", &blob2))?;
-                let stats =
-                    unpack_layer(f, &tmp2, &limits).map_err(|source| StoreError::Unpack {
+                let stats = unpack_layer_onto(f, &tmp2, &lowers, &limits).map_err(|source| {
+                    StoreError::Unpack {
                         image,
                         layer,
                         source,
-                    })?;
+                    }
+                })?;
                 let dir = File::open(&tmp2).map_err(io_err("opening", &tmp2))?;
                 // One syncfs flushes every file of the snapshot before it becomes visible.
                 nix::unistd::syncfs(dir.as_raw_fd())

@@ -10,6 +10,12 @@
 //! - hard links may only point at entries already inside the snapshot;
 //! - device nodes are skipped; `trusted.*` xattrs from the archive are ignored.
 //!
+//! A layer may hold `dir/file` without an entry for `dir/` (umoci and buildah write a
+//! changed file inside an unchanged directory like this). Such an implicit parent is
+//! created with the mode, owner and mtime of the same path in the lower snapshots (the
+//! topmost one that shows it through overlayfs), because the topmost lower dir's
+//! attributes are what the overlay shows; a later explicit entry for it still wins.
+//!
 //! Whiteouts are converted to overlayfs form because snapshots are overlay lower dirs:
 //! `.wh.NAME` becomes a 0/0 character device `NAME`, `.wh..wh..opq` sets
 //! `trusted.overlay.opaque=y` on its directory. Sizes and entry counts are bounded.
@@ -164,26 +170,50 @@ fn join(comps: &[OsString]) -> OsString {
 
 struct Unpacker {
     root: OwnedFd,
+    /// Snapshots of the layers below this one, bottom first.
+    lowers: Vec<OwnedFd>,
     /// Directories whose mtime is set at the end (adding children changes it).
     dir_times: Vec<(Comps, i64)>,
     stats: UnpackStats,
 }
 
 /// Unpack the (possibly compressed) layer `reader` into the existing empty directory `dest`.
+/// A layer with no lower layers: implicit parents get mode 0755, owner 0:0.
 pub fn unpack_layer<R: Read>(
     reader: R,
     dest: &Path,
     limits: &UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
-    let root: OwnedFd = File::options()
+    unpack_layer_onto(reader, dest, &[], limits)
+}
+
+fn open_snapshot_dir(path: &Path) -> Result<OwnedFd, UnpackError> {
+    Ok(File::options()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(dest)
+        .open(path)
         .map_err(|source| UnpackError::Dest {
-            path: dest.to_path_buf(),
+            path: path.to_path_buf(),
             source,
         })?
-        .into();
+        .into())
+}
+
+/// Unpack the layer `reader` into the existing empty directory `dest`, on top of the
+/// already unpacked snapshots `lowers` (bottom first, as in the image's layer list). A
+/// directory the layer only names as a parent takes its mode, owner and mtime from the
+/// topmost lower snapshot that shows it (0755 0:0 if none does). `lowers` are only read.
+pub fn unpack_layer_onto<R: Read>(
+    reader: R,
+    dest: &Path,
+    lowers: &[PathBuf],
+    limits: &UnpackLimits,
+) -> Result<UnpackStats, UnpackError> {
+    let root = open_snapshot_dir(dest)?;
+    let lowers = lowers
+        .iter()
+        .map(|p| open_snapshot_dir(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let count = Rc::new(Cell::new(0u64));
     let archive_err = |source: io::Error, count: &Rc<Cell<u64>>| {
         if count.get() > limits.max_bytes {
@@ -203,6 +233,7 @@ pub fn unpack_layer<R: Read>(
     let mut archive = tar::Archive::new(counting);
     let mut u = Unpacker {
         root,
+        lowers,
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
@@ -244,8 +275,9 @@ impl Unpacker {
         self.root.as_fd()
     }
 
-    /// Open the directory `comps` (inside the root), creating missing parts with mode 0755.
-    fn open_dir(&self, comps: &[OsString], create: bool) -> io::Result<OwnedFd> {
+    /// Open the directory `comps` (inside the root), creating missing parts with the
+    /// attributes the lower snapshots show for them (mode 0755, 0:0 if none).
+    fn open_dir(&mut self, comps: &[OsString], create: bool) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_DIRECTORY;
         if comps.is_empty() {
             return sys::open_in_root(self.root(), c".", flags);
@@ -263,7 +295,21 @@ impl Unpacker {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     let name = sys::cstring(&comps[i])?;
                     match sys::mkdirat(cur.as_fd(), &name, 0o755) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            if let Some(st) = self.lower_dir(&comps[..=i])? {
+                                let fd = sys::openat(
+                                    cur.as_fd(),
+                                    &name,
+                                    libc::O_RDONLY | libc::O_DIRECTORY,
+                                    0,
+                                )?;
+                                sys::fchown(fd.as_fd(), st.st_uid, st.st_gid)?;
+                                // chmod after chown: chown clears set-id bits.
+                                sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)?;
+                                // Before any explicit entry's time for it: that one wins.
+                                self.dir_times.push((comps[..=i].to_vec(), st.st_mtime));
+                            }
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
@@ -273,6 +319,20 @@ impl Unpacker {
             };
         }
         Ok(cur)
+    }
+
+    /// The directory `comps` as the overlay of the lower snapshots shows it: the topmost
+    /// lower that has it, unless a whiteout, a non-directory or an opaque directory above
+    /// hides it. Never follows a symlink; each lookup stays inside its snapshot.
+    fn lower_dir(&self, comps: &[OsString]) -> io::Result<Option<libc::stat>> {
+        for lower in self.lowers.iter().rev() {
+            match lookup_dir(lower.as_fd(), comps)? {
+                Lower::Found(st) => return Ok(Some(st)),
+                Lower::Hidden => return Ok(None),
+                Lower::Absent => {}
+            }
+        }
+        Ok(None)
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
@@ -518,6 +578,43 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// What one lower snapshot says about a directory path.
+enum Lower {
+    /// The snapshot has the directory.
+    Found(libc::stat),
+    /// The snapshot hides the path from the snapshots below it.
+    Hidden,
+    /// The snapshot has nothing there: look further down.
+    Absent,
+}
+
+/// Look `comps` up in the snapshot `root` one component at a time with `lstat`, so no
+/// symlink is followed and nothing outside `root` is reached.
+fn lookup_dir(root: BorrowedFd<'_>, comps: &[OsString]) -> io::Result<Lower> {
+    let mut cur = sys::openat(root, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // Below an opaque directory the snapshots further down are not shown.
+    let mut opaque = false;
+    for (i, comp) in comps.iter().enumerate() {
+        let name = sys::cstring(comp)?;
+        let st = match sys::lstatat(cur.as_fd(), &name) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && opaque => return Ok(Lower::Hidden),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Lower::Absent),
+            Err(e) => return Err(e),
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            // A whiteout (0/0 char device), a file or a symlink replaces the directory.
+            return Ok(Lower::Hidden);
+        }
+        if i + 1 == comps.len() {
+            return Ok(Lower::Found(st));
+        }
+        cur = sys::openat(cur.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        opaque = opaque || sys::fxattr_is(cur.as_fd(), OVERLAY_OPAQUE_XATTR, b"y")?;
+    }
+    Ok(Lower::Absent)
 }
 
 enum CopyError {

@@ -538,23 +538,6 @@ fn walk(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
     (nodes, groups)
 }
 
-/// Known bug in berth-images, reported: a layer that holds `users/alice/notes.txt` but no
-/// entry for `users/alice/` makes the unpacker create the parent with default attributes
-/// (0755 root:root) in that layer's snapshot, and overlayfs shows the topmost directory's
-/// attributes, hiding the lower layer's 0700 12345:54321. (containerd applies a layer on
-/// top of its parents, so the parent keeps its attributes.) The fix belongs in
-/// images/src/unpack.rs: create a missing parent with the attributes of the same path in
-/// the lower snapshots. Only exactly this shape is tolerated, only on these paths (umoci
-/// and buildah both write layers without parent entries for changed files).
-const IMPLICIT_PARENTS: &[&str] = &["/users/alice", "/data"];
-
-fn known_implicit_parent_bug(path: &str, berth: &Node, umoci: &Node) -> bool {
-    IMPLICIT_PARENTS.contains(&path)
-        && berth.kind == 'd'
-        && umoci.kind == 'd'
-        && (berth.mode, berth.uid, berth.gid) == (0o755, 0, 0)
-}
-
 fn assert_same_tree(what: &str, berth: &Path, reference: &Path) -> usize {
     let (b, bg) = walk(berth);
     let (r, rg) = walk(reference);
@@ -562,12 +545,6 @@ fn assert_same_tree(what: &str, berth: &Path, reference: &Path) -> usize {
     for (path, rn) in &r {
         match b.get(path) {
             None => diffs.push(format!("{path}: missing in Berth's tree (umoci: {rn:?})")),
-            Some(bn) if bn != rn && known_implicit_parent_bug(path, bn, rn) => {
-                eprintln!(
-                    "KNOWN BUG (berth-images unpack): {path} is a directory a later layer \
-                     names only as a parent; Berth shows {bn:?}, umoci {rn:?}"
-                );
-            }
             Some(bn) if bn != rn => diffs.push(format!("{path}: Berth {bn:?} != umoci {rn:?}")),
             _ => {}
         }

@@ -191,6 +191,28 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()
     })
 }
 
+/// Whether the directory `fd` (opened for reading) carries xattr `name` with `value`.
+pub fn fxattr_is(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<bool> {
+    let mut buf = [0u8; 16];
+    // SAFETY: valid fd, NUL-terminated name, buffer pointer and length from one array.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ERANGE) | Some(libc::ENOTSUP) => Ok(false),
+            _ => Err(err),
+        };
+    }
+    Ok(&buf[..n as usize] == value)
+}
+
 /// `lstat` of `name` in `dir`.
 pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -344,3 +344,111 @@ fn trusted_xattrs_from_the_archive_are_ignored() {
         Some(&b"hello"[..])
     );
 }
+
+/// A directory with the given mode, owner and mtime (made by hand, as a lower snapshot).
+fn mkdir_as(p: &Path, mode: u32, uid: u32, gid: u32, mtime: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(p).unwrap();
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    File::open(p)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t))
+        .unwrap();
+}
+
+fn attrs(p: &Path) -> (u32, u32, u32) {
+    let md = fs::symlink_metadata(p).unwrap();
+    assert!(md.is_dir(), "{p:?} is a directory");
+    (md.mode() & 0o7777, md.uid(), md.gid())
+}
+
+#[test]
+fn implicit_parents_take_their_attributes_from_the_lower_snapshots() {
+    let f = fixture();
+    let base = f.dest.parent().unwrap().to_path_buf();
+    let (bottom, middle) = (base.join("bottom"), base.join("middle"));
+    // Bottom layer.
+    mkdir_as(&bottom.join("users"), 0o755, 0, 0, 50);
+    mkdir_as(&bottom.join("users/alice"), 0o700, 12345, 54321, 111);
+    mkdir_as(&bottom.join("data"), 0o777, 2, 2, 50);
+    mkdir_as(&bottom.join("gone"), 0o711, 5, 5, 50);
+    mkdir_as(&bottom.join("hidden/x"), 0o701, 6, 6, 50);
+    mkdir_as(&bottom.join("late"), 0o700, 77, 77, 5);
+    // Middle layer: overrides data, whites out gone, makes hidden opaque, and has a
+    // symlink pointing outside with a tempting directory there.
+    mkdir_as(&middle.join("data"), 0o750, 1000, 1000, 222);
+    let gone = CString::new(middle.join("gone").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string; a 0/0 char device is an overlayfs whiteout.
+    assert_eq!(unsafe { libc::mknod(gone.as_ptr(), libc::S_IFCHR, 0) }, 0);
+    mkdir_as(&middle.join("hidden"), 0o710, 8, 8, 50);
+    let hidden = CString::new(middle.join("hidden").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and value.
+    let r = unsafe {
+        libc::setxattr(
+            hidden.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setting trusted.overlay.opaque");
+    mkdir_as(&f.outside.join("sub"), 0o701, 9, 9, 50);
+    std::os::unix::fs::symlink(&f.outside, middle.join("evil")).unwrap();
+
+    let entries = [
+        E::File("users/alice/notes.txt", b"hi"),
+        E::File("data/f", b"d"),
+        E::File("gone/f", b"g"),
+        E::File("hidden/x/f", b"h"),
+        E::File("evil/sub/f", b"e"),
+        E::File("fresh/f", b"n"),
+        E::File("late/f", b"l"),
+        // An explicit entry after the implicit creation wins.
+        E::Dir("late"),
+    ];
+    unpack_layer_onto(
+        &tar_of(&entries)[..],
+        &f.dest,
+        &[bottom.clone(), middle.clone()],
+        &UnpackLimits::default(),
+    )
+    .unwrap();
+    let d = &f.dest;
+    assert_eq!(attrs(&d.join("users")), (0o755, 0, 0));
+    assert_eq!(attrs(&d.join("users/alice")), (0o700, 12345, 54321));
+    let alice = fs::metadata(d.join("users/alice")).unwrap();
+    assert_eq!(alice.mtime(), 111, "mtime from the lower snapshot");
+    assert_eq!(
+        attrs(&d.join("data")),
+        (0o750, 1000, 1000),
+        "topmost lower wins"
+    );
+    assert_eq!(attrs(&d.join("gone")), (0o755, 0, 0), "whited out below");
+    assert_eq!(attrs(&d.join("hidden")), (0o710, 8, 8));
+    assert_eq!(
+        attrs(&d.join("hidden/x")),
+        (0o755, 0, 0),
+        "under an opaque dir"
+    );
+    assert_eq!(attrs(&d.join("evil")), (0o755, 0, 0), "a symlink below");
+    assert_eq!(attrs(&d.join("evil/sub")), (0o755, 0, 0), "never followed");
+    assert_eq!(
+        attrs(&d.join("fresh")),
+        (0o755, 0, 0),
+        "in no lower snapshot"
+    );
+    assert_eq!(
+        attrs(&d.join("late")),
+        (0o750, 1234, 4321),
+        "explicit entry wins"
+    );
+    let late = fs::metadata(d.join("late")).unwrap();
+    assert_eq!(late.mtime(), 1_000_000_000, "explicit entry's mtime wins");
+    // The lower snapshots and the outside were only read.
+    assert_eq!(attrs(&bottom.join("users/alice")), (0o700, 12345, 54321));
+    assert_eq!(attrs(&f.outside.join("sub")), (0o701, 9, 9));
+    assert!(!middle.join("data/f").exists() && !f.outside.join("sub/f").exists());
+}
