@@ -2,8 +2,11 @@
 //! (`<state>/images`, shared read-only layer snapshots) and mount an overlay root
 //! filesystem per instance.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use berth_images::store::{ImageStore, PullEvent, StoreError};
 use berth_images::{ClientOptions, Reference, ReferenceError};
@@ -88,6 +91,86 @@ fn log_progress(image: &str, event: PullEvent) {
     }
 }
 
+/// Turns pull events into a one-line status for the instance's STARTING message
+/// (`pulling 12.3/45.6 MB (2/5 layers)`), at most one every [`PullStatus::EVERY`] so a
+/// fast pull does not flood the controller with reports.
+pub struct PullStatus<F> {
+    emit: F,
+    inner: Mutex<PullCounts>,
+}
+
+#[derive(Default)]
+struct PullCounts {
+    layers: usize,
+    total_bytes: u64,
+    layers_done: usize,
+    downloaded: HashMap<String, u64>,
+    last: Option<Instant>,
+}
+
+impl<F: Fn(String)> PullStatus<F> {
+    /// Minimum time between two statuses (first and last always go out).
+    pub const EVERY: Duration = Duration::from_millis(500);
+
+    pub fn new(emit: F) -> Self {
+        Self {
+            emit,
+            inner: Mutex::new(PullCounts::default()),
+        }
+    }
+
+    /// Folds in one event and emits a status if one is due.
+    pub fn on_event(&self, event: &PullEvent) {
+        let mut c = self.inner.lock().expect("pull status lock poisoned");
+        let force = match event {
+            PullEvent::Resolved {
+                layers,
+                total_bytes,
+                ..
+            } => {
+                c.layers = *layers;
+                c.total_bytes = *total_bytes;
+                true
+            }
+            PullEvent::LayerCached { .. } | PullEvent::LayerUnpacked { .. } => {
+                c.layers_done += 1;
+                c.layers_done == c.layers
+            }
+            PullEvent::LayerDownloading { digest, .. } => {
+                c.downloaded.insert(digest.to_string(), 0);
+                false
+            }
+            PullEvent::LayerProgress {
+                digest, downloaded, ..
+            } => {
+                c.downloaded.insert(digest.to_string(), *downloaded);
+                false
+            }
+            PullEvent::LayerDownloaded { digest, size } => {
+                c.downloaded.insert(digest.to_string(), *size);
+                false
+            }
+            PullEvent::Cached { .. } | PullEvent::Done { .. } => return,
+        };
+        let due = c.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if !(force || due) {
+            return;
+        }
+        c.last = Some(Instant::now());
+        let mb = |b: u64| b as f64 / 1e6;
+        let got: u64 = c.downloaded.values().sum();
+        let line = format!(
+            "pulling {:.1}/{:.1} MB ({}/{} layers)",
+            mb(got.min(c.total_bytes)),
+            mb(c.total_bytes),
+            c.layers_done,
+            c.layers
+        );
+        drop(c);
+        (self.emit)(line);
+    }
+}
+
 impl Images {
     /// Opens (creating) the store at `root`.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
@@ -96,19 +179,25 @@ impl Images {
         })
     }
 
-    /// Pulls `reference` (a no-op when a pinned image is already here).
+    /// Pulls `reference` (a no-op when a pinned image is already here); `status` gets a
+    /// throttled one-line progress status (see [`PullStatus`]).
     pub async fn pull(
         &self,
         reference: &str,
         auth: &str,
         insecure: bool,
+        status: impl Fn(String) + Send + Sync,
     ) -> Result<PulledImage, ImageError> {
         let r = Reference::from_str(reference)?;
         let opts = client_options(auth, insecure)?;
         let name = reference.to_string();
+        let status = PullStatus::new(status);
         let inner = self
             .store
-            .pull(&r, &opts, move |e| log_progress(&name, e))
+            .pull(&r, &opts, move |e| {
+                status.on_event(&e);
+                log_progress(&name, e)
+            })
             .await?;
         let cfg = &inner.config;
         let process = ProcessConfig {
@@ -160,5 +249,51 @@ mod tests {
             client_options("nocolon", false),
             Err(ImageError::BadAuth)
         ));
+    }
+}
+
+#[cfg(test)]
+mod pull_status_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn statuses_are_throttled_and_count_layers_and_bytes() {
+        let d = |n: u8| {
+            berth_images::Digest::from_str(&format!("sha256:{}", format!("{n:02x}").repeat(32)))
+                .unwrap()
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        let s = PullStatus::new(move |l| o.lock().unwrap().push(l));
+        s.on_event(&PullEvent::Resolved {
+            manifest_digest: d(0),
+            layers: 2,
+            total_bytes: 3_000_000,
+        });
+        s.on_event(&PullEvent::LayerCached { digest: d(1) });
+        s.on_event(&PullEvent::LayerDownloading {
+            digest: d(2),
+            size: 2_000_000,
+        });
+        for i in 0..100 {
+            s.on_event(&PullEvent::LayerProgress {
+                digest: d(2),
+                downloaded: i * 10_000,
+                size: 2_000_000,
+            });
+        }
+        s.on_event(&PullEvent::LayerDownloaded {
+            digest: d(2),
+            size: 2_000_000,
+        });
+        s.on_event(&PullEvent::LayerUnpacked {
+            digest: d(2),
+            entries: 3,
+        });
+        let out = out.lock().unwrap();
+        assert_eq!(out.first().unwrap(), "pulling 0.0/3.0 MB (0/2 layers)");
+        assert_eq!(out.last().unwrap(), "pulling 2.0/3.0 MB (2/2 layers)");
+        assert!(out.len() <= 3, "{out:?}");
     }
 }

@@ -228,9 +228,10 @@ where
 
     // a. image
     let t = Instant::now();
+    let status = starting_status(agent, &id, a.generation);
     let pull = agent
         .images
-        .pull(&a.image, &a.registry_auth, a.insecure_registry);
+        .pull(&a.image, &a.registry_auth, a.insecure_registry, &status);
     let image = tokio::select! {
         r = pull => r.map_err(|source| StartError::Pull { image: a.image.clone(), source: Box::new(source) })?,
         _ = wait_unwanted(still_wanted) => return Err(StartError::Cancelled),
@@ -262,6 +263,7 @@ where
     check(still_wanted)?;
 
     // d. network namespace + e. sandbox
+    status("starting sandbox".to_string());
     let t = Instant::now();
     let log_path = agent.cfg.log_path(&id);
     let req = spec::create_request(
@@ -317,6 +319,24 @@ where
         .phase(Phase::Total, total.elapsed().as_secs_f64());
     info!(instance = %id, elapsed_ms = total.elapsed().as_millis() as u64, "instance ready");
     Ok(())
+}
+
+/// Sets the message of instance `id` while it is STARTING for `generation` (pull progress,
+/// then the step it is at); reported to the controller like any state change.
+fn starting_status(agent: &Arc<Agent>, id: &str, generation: u64) -> impl Fn(String) + Send + Sync {
+    let agent = agent.clone();
+    let id = id.to_string();
+    move |message| {
+        if let Some(mut view) = agent.instance(&id) {
+            if view.state == berth_api::control::InstanceState::Starting
+                && view.generation == generation
+                && view.message != message
+            {
+                view.message = message;
+                agent.set_state(&id, view);
+            }
+        }
+    }
 }
 
 fn stale_instance_dir(agent: &Agent, id: &str) -> Option<PathBuf> {

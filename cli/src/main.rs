@@ -374,7 +374,14 @@ async fn wait_ready(c: &ApiClient, name: &str, want: usize) -> Result<()> {
         let summary = site
             .instance_states
             .iter()
-            .map(|i| format!("{}={}", i.id, i.state))
+            .map(|i| {
+                // The message says where a starting instance is (pull progress, sandbox).
+                if i.message.is_empty() || i.message == i.state || i.state != "starting" {
+                    format!("{}={}", i.id, i.state)
+                } else {
+                    format!("{}={} ({})", i.id, i.state, i.message)
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ");
         if summary != last {
