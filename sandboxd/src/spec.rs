@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use berth_api::sandbox::CreateRequest;
 use libcontainer::oci_spec::runtime::{
     Capability, LinuxBlockIoBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
+    LinuxDeviceCgroupBuilder, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
     LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
@@ -89,8 +89,10 @@ pub fn site_cgroup_path(site: &str) -> PathBuf {
     PathBuf::from(format!("/berth/{site}"))
 }
 
-/// The Docker default capability set: enough for ordinary images (chown, setuid
-/// daemons, binding low ports), nothing that reaches the host. Inside a user
+/// Docker's default capability set less `CAP_NET_RAW` (raw and packet sockets let a
+/// tenant forge traffic on its veth; ping-style ICMP sockets need no capability):
+/// enough for ordinary images (chown, setuid daemons, binding low ports), nothing
+/// that reaches the host. Inside a user
 /// namespace these only act on what the namespace owns.
 pub fn default_capabilities() -> HashSet<Capability> {
     [
@@ -99,7 +101,6 @@ pub fn default_capabilities() -> HashSet<Capability> {
         Capability::Fsetid,
         Capability::Fowner,
         Capability::Mknod,
-        Capability::NetRaw,
         Capability::Setgid,
         Capability::Setuid,
         Capability::Setfcap,
@@ -288,6 +289,14 @@ pub fn resources(req: &CreateRequest) -> Result<LinuxResources, OciSpecError> {
         u16::try_from(r.io_weight.clamp(10, 1000)).unwrap_or(DEFAULT_IO_WEIGHT)
     };
     builder = builder.block_io(LinuxBlockIoBuilder::default().weight(io_weight).build()?);
+    // Deny every device first: a new v1 devices cgroup inherits its parent's
+    // `a *:* rwm`, and libcgroups only appends its allow-list (null, zero, full, tty,
+    // random, urandom, ptmx, pts) after the spec's rules. Without this, CAP_MKNOD
+    // makes a node for the worker's disk that opens and reads.
+    builder = builder.devices(vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?]);
     builder.build()
 }
 

@@ -19,21 +19,7 @@ use berth_tests::attack::{self, Bait, Outcome, Verdict};
 use berth_tests::{host, require_root, Registry, Unit};
 
 /// Cases that escape today, each with why. Keep in step with `docs/security.md`.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "mknod",
-        "the device cgroup does not deny block devices: with CAP_MKNOD a node for the \
-         worker's disk opens and reads (needs a deny-all device allow-list in sandboxd)",
-    ),
-    (
-        "raw_socket",
-        "CAP_NET_RAW is in the default capability set (Docker keeps it; Berth should drop it)",
-    ),
-    (
-        "packet_socket",
-        "CAP_NET_RAW is in the default capability set (Docker keeps it; Berth should drop it)",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 /// A case: its label, the attack program's case name, its arguments, and whether it
 /// may run concurrently with other cases (resource bombs may not).
