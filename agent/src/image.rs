@@ -1,6 +1,6 @@
 //! Images for instances, through `berth_images`: pull into the worker's image store
 //! (`<state>/images`, shared read-only layer snapshots) and mount an overlay root
-//! filesystem per instance.
+//! filesystem per instance (idmapped to the site's host id range when it has one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use berth_images::idmap::IdRange;
 use berth_images::store::{ImageStore, PullEvent, StoreError};
 use berth_images::{ClientOptions, Reference, ReferenceError};
 use thiserror::Error;
@@ -210,18 +211,24 @@ impl Images {
     }
 
     /// Mounts the image's overlay root filesystem for an instance under `instance_dir`
-    /// and returns the rootfs path.
+    /// and returns the rootfs path. With `range` the layers are seen through idmapped
+    /// mounts and the writable layer belongs to `range.host_id`, so the root of a
+    /// sandbox with that user namespace owns the image's files.
     pub async fn mount_rootfs(
         &self,
         image: &PulledImage,
         instance_dir: &Path,
+        range: Option<IdRange>,
     ) -> Result<PathBuf, ImageError> {
         let snapshots = image.inner.snapshot_dirs.clone();
         let dir = instance_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || berth_images::mount_rootfs(&snapshots, &dir))
-            .await
-            .map_err(|e| ImageError::Task(e.to_string()))?
-            .map_err(ImageError::from)
+        tokio::task::spawn_blocking(move || match range {
+            Some(range) => berth_images::rootfs::mount_rootfs_idmapped(&snapshots, &dir, range),
+            None => berth_images::mount_rootfs(&snapshots, &dir),
+        })
+        .await
+        .map_err(|e| ImageError::Task(e.to_string()))?
+        .map_err(ImageError::from)
     }
 
     /// Unmounts an instance's root filesystem and removes its directories (nothing

@@ -1,6 +1,6 @@
 //! Start and stop steps of one instance on this worker.
 //!
-//! [`start`] runs: pull image -> overlay rootfs -> `/home` volume -> network namespace ->
+//! [`start`] runs: pull image -> the site's host id range -> idmapped overlay rootfs -> `/home` volume -> network namespace ->
 //! sandboxd Create + Start -> HTTP health probe inside the namespace. Each step records
 //! what it made in a [`Running`] before or right after making it, so [`Running::teardown`]
 //! can undo exactly what was done when a later step fails, the start is cancelled, or the
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::control::Assignment;
 use berth_api::sandbox::{SandboxId, SandboxInfo, SandboxStatus, StopRequest};
+use berth_images::idmap::IdRange;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
@@ -24,7 +25,7 @@ use crate::metrics::Phase;
 use crate::netns;
 use crate::spec::{self, PreparedPaths, SpecError};
 use crate::state::{netns_name, Agent};
-use crate::volumes::VolumeError;
+use crate::volumes::{VolumeError, Volumes};
 
 /// How long an app may take to answer its first HTTP request.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,6 +44,8 @@ pub enum StartError {
     },
     #[error("preparing the root filesystem: {0}")]
     Rootfs(Box<ImageError>),
+    #[error("giving the site its user namespace: {0}")]
+    IdRange(#[from] crate::idmap::IdmapError),
     #[error("mounting /home: {0}")]
     Volume(#[from] VolumeError),
     #[error("creating the network namespace: {0}")]
@@ -246,10 +249,15 @@ where
         let _ = agent.images.unmount_rootfs(&leftover).await;
         let _ = std::fs::remove_dir_all(&leftover);
     }
+    let id_mapping = agent.id_ranges.range_of(&a.site)?;
+    let range = IdRange {
+        host_id: id_mapping.host_id,
+        size: id_mapping.size,
+    };
     run.rootfs = true;
     let rootfs = agent
         .images
-        .mount_rootfs(&image, &run.instance_dir)
+        .mount_rootfs(&image, &run.instance_dir, Some(range))
         .await
         .map_err(|e| StartError::Rootfs(Box::new(e)))?;
     let home = if a.volume.is_empty() {
@@ -257,6 +265,7 @@ where
     } else {
         let dir = agent.volumes.acquire(&a.volume).await?;
         run.volume = Some(a.volume.clone());
+        Volumes::give_root_to(&dir, range.host_id).await?;
         Some(dir)
     };
     agent.metrics.phase(Phase::Mount, t.elapsed().as_secs_f64());
@@ -274,7 +283,7 @@ where
             netns: &run.netns,
             home: home.as_deref(),
             log: &log_path,
-            id_mapping: None,
+            id_mapping: Some(id_mapping),
         },
     )?;
     // A namespace or sandbox of the same id left by a crashed run goes first.

@@ -5,6 +5,8 @@
 //! diffs it against the local instances ([`reconcile`]) and runs one supervisor task per
 //! instance. A start ([`instance`]) pulls the image and mounts an overlay root filesystem
 //! ([`image`]), mounts the site's `/home` volume with `berth-fsd mount` ([`volumes`]),
+//! (idmapped to the site's own host id range, [`idmap`]), mounts the site's `/home`
+//! volume with `berth-fsd mount` ([`volumes`]),
 //! makes a network namespace with `lo` up ([`netns`]) and gives it egress through a veth,
 //! NAT and Berth's firewall ([`network`]), asks sandboxd to create and start
 //! the sandbox ([`sandbox`], arguments and environment from [`spec`]) and probes the app
@@ -16,6 +18,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod idmap;
 pub mod image;
 pub mod ingress;
 pub mod instance;

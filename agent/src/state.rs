@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use berth_api::control::{InstanceReport, InstanceState};
 use tokio::sync::Notify;
 
+use crate::idmap::IdRanges;
 use crate::image::Images;
 use crate::ingress::pool::Pool;
 use crate::metrics::{Metrics, StateLabels};
@@ -56,6 +57,10 @@ impl Config {
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.logs_dir().join(format!("{id}.log"))
     }
+    /// The table of per-site host id ranges ([`crate::idmap`]).
+    pub fn idmap_path(&self) -> PathBuf {
+        self.state_dir.join("idmap.json")
+    }
 }
 
 /// Name of an instance's network namespace under /run/netns.
@@ -83,6 +88,8 @@ pub struct Agent {
     pub sandboxes: SandboxClient,
     pub volumes: Volumes,
     pub images: Images,
+    /// Host id range of each site's user namespace.
+    pub id_ranges: IdRanges,
     pub metrics: Arc<Metrics>,
     pub pool: Pool,
     /// Sandbox egress (veth, NAT, firewall); `None` leaves namespaces with `lo` only.
@@ -103,6 +110,7 @@ impl Agent {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            id_ranges: IdRanges::new(cfg.idmap_path()),
             cfg,
             host_netns: Arc::new(host_netns),
             sandboxes,

@@ -32,6 +32,12 @@ pub enum VolumeError {
     Dir { path: PathBuf, source: io::Error },
     #[error("making {path} a shared mount: {source}")]
     Propagation { path: PathBuf, source: nix::Error },
+    #[error("giving the root of volume {path} to the site's root (host uid {host_id}): {source}: is the file server reachable?")]
+    Chown {
+        path: PathBuf,
+        host_id: u32,
+        source: io::Error,
+    },
     #[error("volume name {0:?} is not a safe directory name")]
     BadName(String),
     #[error("starting {bin} for volume {volume}: {source} (is --fsd-bin right?)")]
@@ -202,6 +208,36 @@ impl Volumes {
         }
         slot.refs += 1;
         Ok(dir)
+    }
+
+    /// Gives the root directory of a mounted volume to the site's root (host id
+    /// `host_id`) when it still belongs to host root, so a sandbox in its own user
+    /// namespace can create files in `/home`. Only the root directory: the file server
+    /// records the caller's host uid, so what the app creates is `host_id`'s already.
+    /// Returns whether it changed the owner.
+    pub async fn give_root_to(dir: &Path, host_id: u32) -> Result<bool, VolumeError> {
+        let dir = dir.to_path_buf();
+        let err = |path: &Path, source| VolumeError::Chown {
+            path: path.to_path_buf(),
+            host_id,
+            source,
+        };
+        let d = dir.clone();
+        let result = tokio::task::spawn_blocking(move || -> io::Result<bool> {
+            let md = std::fs::metadata(&d)?;
+            if md.uid() != 0 || host_id == 0 {
+                return Ok(false);
+            }
+            std::os::unix::fs::chown(&d, Some(host_id), Some(host_id))?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| err(&dir, io::Error::other(e.to_string())))?;
+        let changed = result.map_err(|e| err(&dir, e))?;
+        if changed {
+            info!(volume = %dir.display(), host_id, "gave the volume's root directory to the site's root");
+        }
+        Ok(changed)
     }
 
     async fn mount(&self, name: &str, dir: &Path) -> Result<Child, VolumeError> {

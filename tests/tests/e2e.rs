@@ -74,8 +74,36 @@ fn site_lifecycle_end_to_end() {
     );
     assert!(seen.contains(&first));
 
+    // Each instance runs in the site's own user namespace (not the identity mapping),
+    // and both instances of the site share one host id range.
+    let maps: BTreeSet<String> = ids
+        .iter()
+        .map(|id| {
+            let pid = *host::pids_of_instance(id)
+                .first()
+                .unwrap_or_else(|| panic!("no app process of instance {id}"));
+            let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+            let map = map.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                !map.starts_with("0 0 "),
+                "instance {id} runs without its own user namespace: uid_map {map}"
+            );
+            map
+        })
+        .collect();
+    assert_eq!(maps.len(), 1, "one id range per site: {maps:?}");
+
+    // /home is writable by the sandbox's root: the visit counter is saved.
+    let p = body(&u, "hello", "/");
+    assert!(
+        p.contains("visits: ") && !p.contains("not saved"),
+        "visit counter saved in /home: {p}"
+    );
+
     // /home is shared: a file written through one instance is read through the other.
-    let writer = instance_of(&body(&u, "hello", "/?write=shared-note"));
+    let w = body(&u, "hello", "/?write=shared-note");
+    assert!(w.contains("wrote: shared-note"), "write to /home: {w}");
+    let writer = instance_of(&w);
     let mut read_by_other = false;
     for _ in 0..6 {
         let p = body(&u, "hello", "/?read=shared-note");
