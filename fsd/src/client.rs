@@ -94,6 +94,17 @@ impl FsClient {
         }
     }
 
+    /// [`Self::call`] for the common case of one request message, cloned for each
+    /// attempt so a retry on another server sends the same bytes.
+    pub async fn unary<Q, T, F, Fut>(&self, op: &'static str, req: Q, f: F) -> Result<Reply<T>, i32>
+    where
+        Q: Clone,
+        F: Fn(VolumesClient<Channel>, Q) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(op, |c| f(c, req.clone())).await
+    }
+
     /// Runs one call, retrying while the server is unreachable. Errors are errnos.
     pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<Reply<T>, i32>
     where

@@ -135,10 +135,11 @@ impl VolumeFs {
         let req = self.inode_req(ino);
         let reply = self
             .client
-            .call("getattr", |mut c| {
-                let req = req.clone();
-                async move { c.get_attr(req).await }
-            })
+            .unary(
+                "getattr",
+                req,
+                |mut c, r| async move { c.get_attr(r).await },
+            )
             .await
             .map_err(errno)?;
         Ok(reply.value)
@@ -153,10 +154,11 @@ impl VolumeFs {
         };
         let reply = self
             .client
-            .call("setattr", |mut c| {
-                let req = req.clone();
-                async move { c.set_attr(req).await }
-            })
+            .unary(
+                "setattr",
+                req,
+                |mut c, r| async move { c.set_attr(r).await },
+            )
             .await
             .map_err(errno)?;
         Ok(reply.value)
@@ -179,10 +181,7 @@ impl VolumeFs {
         let req = self.inode_req(ino);
         let reply = self
             .client
-            .call("fsync", |mut c| {
-                let req = req.clone();
-                async move { c.fsync(req).await }
-            })
+            .unary("fsync", req, |mut c, r| async move { c.fsync(r).await })
             .await
             .map_err(errno)?;
         let restarted = dirty && boot_id.is_some() && reply.boot_id != boot_id;
@@ -243,10 +242,7 @@ impl Filesystem for VolumeFs {
         };
         let reply = self
             .client
-            .call("lookup", |mut c| {
-                let req = req.clone();
-                async move { c.lookup(req).await }
-            })
+            .unary("lookup", req, |mut c, r| async move { c.lookup(r).await })
             .await
             .map_err(errno)?;
         let attr = attr_of(reply.value.attr)?;
@@ -286,10 +282,11 @@ impl Filesystem for VolumeFs {
         };
         let reply = self
             .client
-            .call("setattr", |mut c| {
-                let req = req.clone();
-                async move { c.set_attr(req).await }
-            })
+            .unary(
+                "setattr",
+                req,
+                |mut c, r| async move { c.set_attr(r).await },
+            )
             .await
             .map_err(errno)?;
         Ok(ReplyAttr {
@@ -349,10 +346,7 @@ impl Filesystem for VolumeFs {
             name: name.as_bytes().to_vec(),
         };
         self.client
-            .call("unlink", |mut c| {
-                let req = req.clone();
-                async move { c.unlink(req).await }
-            })
+            .unary("unlink", req, |mut c, r| async move { c.unlink(r).await })
             .await
             .map_err(errno)?;
         Ok(())
@@ -365,10 +359,7 @@ impl Filesystem for VolumeFs {
             name: name.as_bytes().to_vec(),
         };
         self.client
-            .call("rmdir", |mut c| {
-                let req = req.clone();
-                async move { c.rmdir(req).await }
-            })
+            .unary("rmdir", req, |mut c, r| async move { c.rmdir(r).await })
             .await
             .map_err(errno)?;
         Ok(())
@@ -404,10 +395,7 @@ impl Filesystem for VolumeFs {
             flags,
         };
         self.client
-            .call("rename", |mut c| {
-                let req = req.clone();
-                async move { c.rename(req).await }
-            })
+            .unary("rename", req, |mut c, r| async move { c.rename(r).await })
             .await
             .map_err(errno)?;
         Ok(())
@@ -440,10 +428,7 @@ impl Filesystem for VolumeFs {
         };
         let reply = self
             .client
-            .call("read", |mut c| {
-                let req = req.clone();
-                async move { c.read(req).await }
-            })
+            .unary("read", req, |mut c, r| async move { c.read(r).await })
             .await
             .map_err(errno)?;
         Ok(ReplyData {
@@ -469,10 +454,7 @@ impl Filesystem for VolumeFs {
         };
         let reply = self
             .client
-            .call("write", |mut c| {
-                let req = req.clone();
-                async move { c.write(req).await }
-            })
+            .unary("write", req, |mut c, r| async move { c.write(r).await })
             .await
             .map_err(errno)?;
         if let Some(Handle::File(h)) = self.handles().get_mut(&fh) {
@@ -495,10 +477,7 @@ impl Filesystem for VolumeFs {
         };
         let reply = self
             .client
-            .call("statfs", |mut c| {
-                let req = req.clone();
-                async move { c.stat_fs(req).await }
-            })
+            .unary("statfs", req, |mut c, r| async move { c.stat_fs(r).await })
             .await
             .map_err(errno)?;
         let s = reply.value;

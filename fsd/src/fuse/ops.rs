@@ -74,10 +74,11 @@ impl VolumeFs {
         let req = self.inode_req(ino);
         let reply = self
             .client
-            .call("readlink", |mut c| {
-                let req = req.clone();
-                async move { c.read_link(req).await }
-            })
+            .unary(
+                "readlink",
+                req,
+                |mut c, r| async move { c.read_link(r).await },
+            )
             .await
             .map_err(errno)?;
         Ok(Bytes::from(reply.value.target))
@@ -97,10 +98,7 @@ impl VolumeFs {
         };
         let reply = self
             .client
-            .call("link", |mut c| {
-                let req = req.clone();
-                async move { c.link(req).await }
-            })
+            .unary("link", req, |mut c, r| async move { c.link(r).await })
             .await
             .map_err(errno)?;
         attr_of(reply.value.attr)
@@ -121,10 +119,11 @@ impl VolumeFs {
             flags: flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) as u32,
         };
         self.client
-            .call("setxattr", |mut c| {
-                let req = req.clone();
-                async move { c.set_xattr(req).await }
-            })
+            .unary(
+                "setxattr",
+                req,
+                |mut c, r| async move { c.set_xattr(r).await },
+            )
             .await
             .map_err(errno)?;
         Ok(())
@@ -148,10 +147,11 @@ impl VolumeFs {
         };
         let reply = self
             .client
-            .call("getxattr", |mut c| {
-                let req = req.clone();
-                async move { c.get_xattr(req).await }
-            })
+            .unary(
+                "getxattr",
+                req,
+                |mut c, r| async move { c.get_xattr(r).await },
+            )
             .await
             .map_err(errno)?;
         xattr_reply(reply.value.value, size)
@@ -161,10 +161,11 @@ impl VolumeFs {
         let req = self.inode_req(ino);
         let reply = self
             .client
-            .call("listxattr", |mut c| {
-                let req = req.clone();
-                async move { c.list_xattr(req).await }
-            })
+            .unary(
+                "listxattr",
+                req,
+                |mut c, r| async move { c.list_xattr(r).await },
+            )
             .await
             .map_err(errno)?;
         let mut out = Vec::new();
@@ -182,9 +183,8 @@ impl VolumeFs {
             name: name.as_bytes().to_vec(),
         };
         self.client
-            .call("removexattr", |mut c| {
-                let req = req.clone();
-                async move { c.remove_xattr(req).await }
+            .unary("removexattr", req, |mut c, r| async move {
+                c.remove_xattr(r).await
             })
             .await
             .map_err(errno)?;
@@ -216,9 +216,8 @@ impl VolumeFs {
             };
             let reply = self
                 .client
-                .call("readdir", |mut c| {
-                    let req = req.clone();
-                    async move { c.read_dir_page(req).await }
+                .unary("readdir", req, |mut c, r| async move {
+                    c.read_dir_page(r).await
                 })
                 .await
                 .map_err(errno)?;
@@ -270,10 +269,7 @@ impl VolumeFs {
         let req = self.lock_req(ino, owner, start, end, lock_kind(r#type)?, pid);
         let reply = self
             .client
-            .call("getlk", |mut c| {
-                let req = req.clone();
-                async move { c.get_lock(req).await }
-            })
+            .unary("getlk", req, |mut c, r| async move { c.get_lock(r).await })
             .await
             .map_err(errno)?
             .value;
@@ -316,9 +312,8 @@ impl VolumeFs {
         loop {
             let result = self
                 .client
-                .call("setlk", |mut c| {
-                    let req = req.clone();
-                    async move { c.set_lock(req).await }
+                .unary("setlk", req.clone(), |mut c, r| async move {
+                    c.set_lock(r).await
                 })
                 .await;
             match result {
@@ -349,9 +344,8 @@ impl VolumeFs {
         }
         let req = self.lock_req(ino, owner, 0, u64::MAX, LockKind::Unlock, 0);
         self.client
-            .call("releaselocks", |mut c| {
-                let req = req.clone();
-                async move { c.release_locks(req).await }
+            .unary("releaselocks", req, |mut c, r| async move {
+                c.release_locks(r).await
             })
             .await
             .map_err(errno)?;
