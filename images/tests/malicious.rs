@@ -13,73 +13,25 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Instant;
 
 use berth_images::manifest::{host_platform, media_types};
+
+mod common;
 use berth_images::{ClientOptions, Digest, ImageStore, Reference, UnpackLimits};
+use common::Registry;
 
 // ---------------------------------------------------------------- registry
 
-struct Registry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
+/// Foreign layers need an allowed URL, or the registry refuses the manifest itself.
+const ALLOW_FOREIGN_URLS: &str =
+    "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n";
 
 impl Registry {
-    fn start() -> Registry {
-        let found = Command::new("sh")
-            .args(["-c", "command -v docker-registry"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "docker-registry is not installed: apt-get install docker-registry"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        // Foreign layers need an allowed URL, or the registry refuses the manifest itself.
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n\
-                 validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { child, addr, dir }
-    }
-
     /// Where the registry keeps the bytes of `digest`.
     fn blob_file(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
@@ -137,13 +89,6 @@ async fn push_manifest(
     let text = resp.text().await.unwrap_or_default();
     assert_eq!(status, 201, "pushing manifest {repo}:{tag}: {text}");
     Digest::of(body)
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A server answering every request with `body` as an OCI manifest; returns its address.
@@ -764,7 +709,7 @@ async fn malicious_images_fail_cleanly_and_touch_nothing_outside() {
         0,
         "this test unpacks with ownership and device semantics and needs root"
     );
-    let reg = Registry::start();
+    let reg = Registry::start_with(ALLOW_FOREIGN_URLS);
     let http = reqwest::Client::new();
     let work = tempfile::tempdir().unwrap();
     let canary = work.path().join("canary");

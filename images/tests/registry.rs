@@ -4,9 +4,9 @@
 //! umoci, skopeo and busybox-static; panics loudly when something is missing.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,79 +15,8 @@ use berth_images::{
     RegistryClient, StoreError,
 };
 
-fn need(tool: &str, pkg: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(found, "{tool} is not installed: apt-get install {pkg}");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        need("docker-registry", "docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {addr}: {}",
-                fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{free_port, need, Registry};
 
 fn build_and_push(name_tag: &str, registry: &str, extra: &[&str]) {
     need("umoci", "umoci");
@@ -130,7 +59,7 @@ async fn pull_mount_and_errors_against_a_real_registry() {
         0,
         "this test mounts overlayfs and needs root"
     );
-    let reg = Registry::start();
+    let reg = Registry::start_with("");
     build_and_push("berth-test/hello:1", &reg.addr, &[]);
     build_and_push("berth-test/noentry:1", &reg.addr, &["--no-entrypoint"]);
 
@@ -354,7 +283,7 @@ async fn corrupt_blob_is_refused(reg: &Registry) {
     let layer = client.resolve(&r).await.unwrap().layers[0].digest.clone();
     let hex = layer.hex();
     let data = reg
-        ._dir
+        .dir
         .path()
         .join("data/docker/registry/v2/blobs/sha256")
         .join(&hex[..2])
