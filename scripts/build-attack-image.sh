@@ -20,6 +20,7 @@
 #
 # Needs: gcc + libc6-dev (libc.a), umoci, skopeo, busybox-static.
 set -eu
+. "$(dirname "$0")/lib/oci.sh"
 
 usage() {
     echo "usage: $0 NAME:TAG REGISTRY [--workdir DIR]" >&2
@@ -43,32 +44,10 @@ esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$HERE/../tests/isolation
 [ -f "$SRC/attack.c" ] || { echo "$0: $SRC/attack.c is missing" >&2; exit 1; }
-for tool in gcc umoci skopeo; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "$0: $tool is not installed: apt-get install build-essential umoci skopeo busybox-static" >&2
-        exit 1
-    }
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && "$BUSYBOX" --list >/dev/null 2>&1 || {
-    echo "$0: $BUSYBOX is missing: apt-get install busybox-static" >&2
-    exit 1
-}
-if ldd "$BUSYBOX" >/dev/null 2>&1; then
-    echo "$0: $BUSYBOX is dynamically linked: install busybox-static, not busybox" >&2
-    exit 1
-fi
-
-case "$(uname -m)" in
-x86_64) ARCH=amd64 ;;
-aarch64) ARCH=arm64 ;;
-*) ARCH=$(uname -m) ;;
-esac
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-attack-image.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT INT TERM
-LAYOUT=$WORK/oci
-BUNDLE=$WORK/bundle
+oci_require gcc umoci skopeo
+oci_require_busybox
+oci_arch
+oci_begin berth-attack-image
 
 # -static: the image has no libc. The linker's warnings about getaddrinfo in static
 # binaries do not apply (the program never resolves names).
@@ -77,11 +56,6 @@ gcc -static -O1 -Wall -o "$WORK/attack" "$SRC"/*.c 2>"$WORK/gcc.log" || {
     echo "$0: compiling $SRC failed (needs gcc and libc6-dev)" >&2
     exit 1
 }
-
-umoci init --layout "$LAYOUT"
-umoci new --image "$LAYOUT:$TAG"
-umoci unpack --image "$LAYOUT:$TAG" "$BUNDLE"
-ROOTFS=$BUNDLE/rootfs
 
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/home" "$ROOTFS/tmp" "$ROOTFS/www/cgi-bin" \
     "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
@@ -126,8 +100,4 @@ umoci config --image "$LAYOUT:$TAG" \
     --config.entrypoint /bin/sh \
     --config.entrypoint -c \
     --config.entrypoint '/bin/busybox httpd -f -v -p "${PORT:-8080}" -h /www & pid=$!; trap "kill -TERM \$pid; wait \$pid; exit 0" TERM INT; wait $pid'
-umoci gc --layout "$LAYOUT"
-
-skopeo copy --quiet --dest-tls-verify=false \
-    "oci:$LAYOUT:$TAG" "docker://$REGISTRY/$NAME:$TAG"
-echo "pushed $REGISTRY/$NAME:$TAG"
+oci_push "$REGISTRY" "$NAME" "$TAG"

@@ -17,6 +17,7 @@
 #
 # Needs: umoci, skopeo, busybox-static (apt-get install umoci skopeo busybox-static).
 set -eu
+. "$(dirname "$0")/lib/oci.sh"
 
 usage() {
     echo "usage: $0 NAME:TAG REGISTRY [--no-entrypoint]" >&2
@@ -37,37 +38,12 @@ case "$NAME_TAG" in
 esac
 [ -n "$NAME" ] && [ -n "$TAG" ] || usage
 
-for tool in umoci skopeo; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "$0: $tool is not installed: apt-get install umoci skopeo busybox-static" >&2
-        exit 1
-    }
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && "$BUSYBOX" --list >/dev/null 2>&1 || {
-    echo "$0: $BUSYBOX is missing: apt-get install busybox-static" >&2
-    exit 1
-}
-if ldd "$BUSYBOX" >/dev/null 2>&1; then
-    echo "$0: $BUSYBOX is dynamically linked: install busybox-static, not busybox" >&2
-    exit 1
-fi
+oci_require umoci skopeo
+oci_require_busybox
 
-case "$(uname -m)" in
-x86_64) ARCH=amd64 ;;
-aarch64) ARCH=arm64 ;;
-*) ARCH=$(uname -m) ;;
-esac
+oci_arch
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-build-image.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT INT TERM
-LAYOUT=$WORK/oci
-BUNDLE=$WORK/bundle
-
-umoci init --layout "$LAYOUT"
-umoci new --image "$LAYOUT:$TAG"
-umoci unpack --image "$LAYOUT:$TAG" "$BUNDLE"
-ROOTFS=$BUNDLE/rootfs
+oci_begin berth-build-image
 
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/home" "$ROOTFS/tmp" "$ROOTFS/www/cgi-bin" \
     "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
@@ -131,8 +107,4 @@ if [ "$ENTRYPOINT" = yes ]; then
 else
     umoci config --image "$LAYOUT:$TAG" --clear=config.entrypoint --clear=config.cmd
 fi
-umoci gc --layout "$LAYOUT"
-
-skopeo copy --quiet --dest-tls-verify=false \
-    "oci:$LAYOUT:$TAG" "docker://$REGISTRY/$NAME:$TAG"
-echo "pushed $REGISTRY/$NAME:$TAG"
+oci_push "$REGISTRY" "$NAME" "$TAG"

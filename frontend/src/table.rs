@@ -87,7 +87,7 @@ impl RouteTable {
             .collect();
         for route in snapshot.sites {
             let Ok(name_header) = HeaderValue::from_str(&route.site) else {
-                warn!(site = %route.site.escape_debug(), "skipping site with a name unusable in a header");
+                warn!(site = %route.site.escape_debug(), "ignoring site with a name unusable in a header");
                 continue;
             };
             let endpoints: Box<[Endpoint]> = route
@@ -128,12 +128,12 @@ fn endpoint(site: &str, ep: control::Endpoint) -> Option<Endpoint> {
     let authority = match ep.ingress_addr.parse::<Authority>() {
         Ok(a) if a.port().is_some() => a,
         _ => {
-            warn!(site, instance = %ep.instance_id, addr = %ep.ingress_addr.escape_debug(), "skipping endpoint: ingress address is not host:port");
+            warn!(site, instance = %ep.instance_id, addr = %ep.ingress_addr.escape_debug(), "ignoring endpoint: ingress address is not host:port");
             return None;
         }
     };
     let Ok(instance_header) = HeaderValue::from_str(&ep.instance_id) else {
-        warn!(site, instance = %ep.instance_id.escape_debug(), "skipping endpoint: instance id unusable in a header");
+        warn!(site, instance = %ep.instance_id.escape_debug(), "ignoring endpoint: instance id unusable in a header");
         return None;
     };
     Some(Endpoint {

@@ -15,6 +15,7 @@
 # Built only from the host's busybox-static: no network needed.
 # Needs: umoci, skopeo, busybox-static (apt-get install umoci skopeo busybox-static).
 set -eu
+. "$(dirname "$0")/../../scripts/lib/oci.sh"
 
 usage() {
     echo "usage: $0 NAME:TAG REGISTRY" >&2
@@ -29,36 +30,11 @@ case "$NAME_TAG" in
 esac
 [ -n "$NAME" ] && [ -n "$TAG" ] || usage
 
-for tool in umoci skopeo; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "$0: $tool is not installed: apt-get install umoci skopeo busybox-static" >&2
-        exit 1
-    }
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && "$BUSYBOX" --list >/dev/null 2>&1 || {
-    echo "$0: $BUSYBOX is missing: apt-get install busybox-static" >&2
-    exit 1
-}
-if ldd "$BUSYBOX" >/dev/null 2>&1; then
-    echo "$0: $BUSYBOX is dynamically linked: install busybox-static, not busybox" >&2
-    exit 1
-fi
-case "$(uname -m)" in
-x86_64) ARCH=amd64 ;;
-aarch64) ARCH=arm64 ;;
-*) ARCH=$(uname -m) ;;
-esac
+oci_require umoci skopeo
+oci_require_busybox
+oci_arch
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-stack-static.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT INT TERM
-LAYOUT=$WORK/oci
-BUNDLE=$WORK/bundle
-
-umoci init --layout "$LAYOUT"
-umoci new --image "$LAYOUT:$TAG"
-umoci unpack --image "$LAYOUT:$TAG" "$BUNDLE"
-ROOTFS=$BUNDLE/rootfs
+oci_begin berth-stack-static
 
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/home" "$ROOTFS/tmp" "$ROOTFS/www" \
     "$ROOTFS/opt/berth" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
@@ -113,8 +89,4 @@ umoci config --image "$LAYOUT:$TAG" \
     --config.entrypoint /opt/berth/start \
     --config.label org.opencontainers.image.title=berth-stack-static \
     --os linux --architecture "$ARCH"
-umoci gc --layout "$LAYOUT"
-
-skopeo copy --quiet --dest-tls-verify=false \
-    "oci:$LAYOUT:$TAG" "docker://$REGISTRY/$NAME:$TAG"
-echo "pushed $REGISTRY/$NAME:$TAG"
+oci_push "$REGISTRY" "$NAME" "$TAG"
