@@ -356,7 +356,12 @@ void case_cwd_fd(void)
         if (n < 0)
             continue;
         target[n] = 0;
-        if (!same_inode(p, target))
+        /* Cases run concurrently: a process that exited since readdir (its cwd
+         * no longer resolves) proves nothing either way. */
+        struct stat cwd, seen;
+        if (stat(p, &cwd) != 0)
+            continue;
+        if (stat(target, &seen) != 0 || cwd.st_dev != seen.st_dev || cwd.st_ino != seen.st_ino)
             escaped("pid %s has cwd %s, outside the sandbox's root", e->d_name, target);
         else
             evidence("pid %s cwd %s is inside", e->d_name, target);
