@@ -154,6 +154,7 @@ impl Agent {
             state: view.state as i32,
             message: view.message.clone(),
             generation: view.generation,
+            ..Default::default()
         };
         {
             let mut table = self
@@ -183,6 +184,7 @@ impl Agent {
             state: InstanceState::Stopped as i32,
             message: "stopped".to_string(),
             generation,
+            ..Default::default()
         });
     }
 
@@ -238,6 +240,7 @@ impl Agent {
                 state: v.state as i32,
                 message: v.message.clone(),
                 generation: v.generation,
+                ..Default::default()
             })
             .collect();
         out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));

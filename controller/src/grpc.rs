@@ -227,6 +227,8 @@ async fn assignments(ctx: &Controller, worker_id: &str) -> Result<(u64, Assignme
             pids_max: INSTANCE_PIDS_MAX,
             generation: a.generation,
             health_path: HEALTH_PATH.to_string(),
+            // id_base, id_count, local_cache: filled in by the next commits.
+            ..Default::default()
         })
         .collect();
     Ok((
