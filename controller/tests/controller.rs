@@ -105,6 +105,7 @@ fn ready(worker_id: &str, instance_id: &str, generation: u64) -> InstanceReport 
         state: InstanceState::Ready as i32,
         message: String::new(),
         generation,
+        ..Default::default()
     }
 }
 
