@@ -15,9 +15,7 @@ pub enum ImageError {
     InvalidReference { image: String, reason: String },
     #[error("image {image} not found: check the name and tag, and that it was pushed")]
     NotFound { image: String },
-    #[error(
-        "registry refused access to image {image}: {detail}: check registry_auth (user:password)"
-    )]
+    #[error("registry refused access to image {image}: {detail}")]
     Unauthorized { image: String, detail: String },
     #[error("registry {registry} is unreachable for image {image}: {detail}: check that the registry is running and reachable from the controller")]
     Unreachable {

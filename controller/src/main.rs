@@ -34,6 +34,9 @@ struct Args {
     /// Public URL of a site, `{site}` replaced by its name.
     #[arg(long, default_value = "http://{site}.localhost:8080")]
     public_url_base: String,
+    /// PEM file of CA certificates trusted for HTTPS registries, on top of the system roots.
+    #[arg(long, env = "BERTH_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,7 +65,10 @@ fn main() -> anyhow::Result<()> {
             domain: args.domain,
             public_url_base: args.public_url_base,
         };
-        berth_controller::run(config, Arc::new(RegistryResolver), shutdown)
+        let resolver = RegistryResolver {
+            ca_file: args.registry_ca,
+        };
+        berth_controller::run(config, Arc::new(resolver), shutdown)
             .await
             .context("running the controller")
     })

@@ -11,7 +11,10 @@ use crate::images::{ImageError, ImageResolver, ResolveRequest, ResolvedImage};
 /// Resolves images against real registries; one short-lived client per request,
 /// since TLS mode and credentials are per site.
 #[derive(Debug, Default, Clone)]
-pub struct RegistryResolver;
+pub struct RegistryResolver {
+    /// PEM file of extra CA certificates for HTTPS registries (`--registry-ca`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
 
 fn parse(image: &str) -> Result<Reference, ImageError> {
     image
@@ -27,7 +30,13 @@ fn map_error(image: &str, registry: &str, e: ClientError) -> ImageError {
     match e {
         ClientError::NotFound { .. } => ImageError::NotFound { image },
         ClientError::Registry { status: 404, .. } => ImageError::NotFound { image },
-        ClientError::Unauthorized { detail, .. } => ImageError::Unauthorized { image, detail },
+        ClientError::Unauthorized { detail, .. } => ImageError::Unauthorized {
+            image,
+            detail: format!(
+                "{detail}: log in with `berth registry login {registry}` and try again \
+                 (or pass --registry-auth user:password)"
+            ),
+        },
         ClientError::Unreachable { detail, .. } | ClientError::Transfer { detail, .. } => {
             ImageError::Unreachable {
                 image,
@@ -65,7 +74,7 @@ impl ImageResolver for RegistryResolver {
             let client = RegistryClient::new(ClientOptions {
                 insecure: req.insecure,
                 auth,
-                ..Default::default()
+                ca_file: self.ca_file.clone(),
             })
             .map_err(|e| ImageError::Unreadable {
                 image: req.image.clone(),
@@ -89,7 +98,7 @@ mod tests {
 
     #[test]
     fn registry_host_and_bad_references() {
-        let r = RegistryResolver;
+        let r = RegistryResolver::default();
         assert_eq!(
             r.registry_host("127.0.0.1:5000/hello:1").unwrap(),
             "127.0.0.1:5000"
@@ -113,7 +122,7 @@ mod tests {
             insecure: true,
             auth: None,
         };
-        let err = RegistryResolver.resolve(&req).await.unwrap_err();
+        let err = RegistryResolver::default().resolve(&req).await.unwrap_err();
         assert!(matches!(err, ImageError::Unreachable { .. }), "{err:?}");
     }
 }

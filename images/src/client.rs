@@ -88,8 +88,14 @@ pub enum ClientError {
     Unreachable { registry: String, detail: String },
     #[error("image {image} not found in registry: check the name and tag")]
     NotFound { image: String },
-    #[error("not authorized to pull {image}: {detail}: check the registry credentials")]
-    Unauthorized { image: String, detail: String },
+    #[error("not authorized to pull {image}: {detail}: log in with `berth registry login {registry}` as a user allowed to pull it")]
+    Unauthorized {
+        image: String,
+        registry: String,
+        detail: String,
+    },
+    #[error("registry {registry}: its TLS certificate is not trusted ({detail}): give the CA certificate that signed it (PEM) with --registry-ca FILE (berth up, berth-agent, berth-controller); only a plain-HTTP registry may be marked insecure")]
+    Untrusted { registry: String, detail: String },
     #[error("bad manifest for {image}: {source}")]
     BadManifest {
         image: String,
@@ -217,6 +223,13 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = err.source();
     }
     parts.join(": ")
+}
+
+/// Whether a transport error chain says the server's certificate failed verification
+/// (rustls: `invalid peer certificate: UnknownIssuer`, `... NotValidForName`, ...).
+/// reqwest does not expose rustls' error type, so its text is what there is to go on.
+fn is_untrusted_certificate(chain: &str) -> bool {
+    chain.contains("invalid peer certificate")
 }
 
 /// Parse `Bearer realm="...",service="...",scope="..."` into scheme and parameters.
@@ -379,16 +392,23 @@ impl RegistryClient {
     }
 
     fn transport_error(&self, r: &Reference, what: &str, e: reqwest::Error) -> ClientError {
+        let detail = chain(&e);
+        if is_untrusted_certificate(&detail) {
+            return ClientError::Untrusted {
+                registry: r.registry().to_string(),
+                detail,
+            };
+        }
         if e.is_connect() || (e.is_timeout() && !e.is_body()) {
             ClientError::Unreachable {
                 registry: r.registry().to_string(),
-                detail: chain(&e),
+                detail,
             }
         } else {
             ClientError::Transfer {
                 registry: r.registry().to_string(),
                 what: what.to_string(),
-                detail: chain(&e),
+                detail,
             }
         }
     }
@@ -463,6 +483,7 @@ impl RegistryClient {
                 let body = resp.bytes().await.unwrap_or_default();
                 return Err(ClientError::Unauthorized {
                     image: r.to_string(),
+                    registry: r.registry().to_string(),
                     detail: format!("credentials refused ({})", registry_detail(&body)),
                 });
             }
@@ -478,6 +499,7 @@ impl RegistryClient {
     ) -> Result<(), ClientError> {
         let unauthorized = |detail: String| ClientError::Unauthorized {
             image: r.to_string(),
+            registry: r.registry().to_string(),
             detail,
         };
         let Some(challenge) = challenge else {
@@ -517,6 +539,7 @@ impl RegistryClient {
                 }
                 let resp = req.send().await.map_err(|e| ClientError::Unauthorized {
                     image: r.to_string(),
+                    registry: r.registry().to_string(),
                     detail: format!("token service {realm} failed: {}", chain(&e)),
                 })?;
                 let status = resp.status();
@@ -597,6 +620,7 @@ impl RegistryClient {
         if status == StatusCode::FORBIDDEN {
             return ClientError::Unauthorized {
                 image: r.to_string(),
+                registry: r.registry().to_string(),
                 detail: format!("access denied ({})", registry_detail(body)),
             };
         }
