@@ -1,9 +1,12 @@
 //! Per-site host id ranges for sandbox user namespaces.
 //!
-//! Every site on this worker gets its own block of [`RANGE_SIZE`] host ids, starting at
+//! Every site gets its own block of [`RANGE_SIZE`] host ids, starting at
 //! [`FIRST_HOST_ID`] and going up in steps of [`RANGE_SIZE`]: root in the site's
-//! sandboxes is the block's first id, and no other site shares any id of it. All
-//! instances of a site on this worker use the same block.
+//! sandboxes is the block's first id, and no other site shares any id of it. The
+//! controller chooses the block (`Assignment.id_base`), so a site has the same ids on
+//! every worker; the worker records it and refuses a block that another site already
+//! holds here. Only when the controller sends none (an older controller) does the
+//! worker pick the lowest free block itself.
 //!
 //! The table lives in `<state>/idmap.json` (`{"ranges": {"<site>": <host_id>}}`),
 //! written atomically (temporary file, fsync, rename). A block is kept after the site's
@@ -18,7 +21,7 @@ use std::sync::Mutex;
 
 use berth_api::sandbox::IdMapping;
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 /// First host id handed out.
 pub const FIRST_HOST_ID: u32 = 1_000_000;
@@ -42,6 +45,19 @@ pub enum IdmapError {
     },
     #[error("no free host id range left for site {0}: the 32-bit id space is used up")]
     Exhausted(String),
+    #[error("the controller gave site {site} the host id range {host_id}+{size}, which is not a block of {RANGE_SIZE} ids at or above {FIRST_HOST_ID}: upgrade the agent or the controller so they agree")]
+    BadAssigned {
+        site: String,
+        host_id: u32,
+        size: u32,
+    },
+    #[error("the controller gave site {site} host ids {host_id}.., but site {other} already uses them on this worker (a range this worker picked itself before the controller chose ranges): move {other} off this worker, then remove its entry from {path}")]
+    Conflict {
+        site: String,
+        other: String,
+        host_id: u32,
+        path: PathBuf,
+    },
 }
 
 /// The worker's table of site -> first host id.
@@ -60,7 +76,59 @@ impl IdRanges {
         }
     }
 
-    /// The site's id range, allocating (and persisting) a new one on its first use.
+    /// The site's id range: the one the controller `assigned` (first host id and size),
+    /// recorded here; or, when it assigned none, the one this worker picked for the site
+    /// before, or a new lowest free block.
+    pub fn range_for(
+        &self,
+        site: &str,
+        assigned: Option<(u32, u32)>,
+    ) -> Result<IdMapping, IdmapError> {
+        match assigned {
+            Some((host_id, size)) => self.record(site, host_id, size),
+            None => self.range_of(site),
+        }
+    }
+
+    /// Records the controller's block for `site`, unless another site holds it here.
+    fn record(&self, site: &str, host_id: u32, size: u32) -> Result<IdMapping, IdmapError> {
+        let aligned =
+            host_id >= FIRST_HOST_ID && (host_id - FIRST_HOST_ID).is_multiple_of(RANGE_SIZE);
+        if size != RANGE_SIZE || !aligned || host_id.checked_add(size).is_none() {
+            return Err(IdmapError::BadAssigned {
+                site: site.into(),
+                host_id,
+                size,
+            });
+        }
+        let mut guard = self.table.lock().expect("id range table lock poisoned");
+        if guard.is_none() {
+            *guard = Some(load(&self.path)?);
+        }
+        let table = guard.as_mut().expect("loaded above");
+        if table.get(site) == Some(&host_id) {
+            return Ok(mapping(host_id));
+        }
+        if let Some((other, _)) = table.iter().find(|(s, &h)| h == host_id && *s != site) {
+            return Err(IdmapError::Conflict {
+                site: site.into(),
+                other: other.clone(),
+                host_id,
+                path: self.path.clone(),
+            });
+        }
+        let mut next = table.clone();
+        if let Some(old) = next.insert(site.to_string(), host_id) {
+            warn!(%site, old, new = host_id, "the controller moved the site to another host id range; files it made in /home under the old ids now belong to nobody in its sandboxes");
+        }
+        store(&self.path, &next)?;
+        *table = next;
+        info!(%site, host_id, size = RANGE_SIZE, "recorded the controller's host id range for the site");
+        Ok(mapping(host_id))
+    }
+
+    /// The site's id range picked by this worker, allocating (and persisting) a new one
+    /// on its first use.
     pub fn range_of(&self, site: &str) -> Result<IdMapping, IdmapError> {
         let mut guard = self.table.lock().expect("id range table lock poisoned");
         if guard.is_none() {
@@ -184,6 +252,47 @@ mod tests {
         assert_eq!(again.range_of("b").unwrap(), b);
         assert_eq!(again.range_of("c").unwrap().host_id, 1_131_072);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn controller_ranges_are_recorded_checked_and_refused_on_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idmap.json");
+        let r = IdRanges::new(path.clone());
+        // Picked locally by an older agent.
+        assert_eq!(r.range_of("old").unwrap().host_id, FIRST_HOST_ID);
+        let b = FIRST_HOST_ID + 3 * RANGE_SIZE;
+        assert_eq!(
+            r.range_for("new", Some((b, RANGE_SIZE))).unwrap().host_id,
+            b
+        );
+        // Recorded: a local pick for a third site skips it, and it survives a restart.
+        assert_eq!(
+            r.range_of("third").unwrap().host_id,
+            FIRST_HOST_ID + RANGE_SIZE
+        );
+        let again = IdRanges::new(path.clone());
+        assert_eq!(again.range_for("new", None).unwrap().host_id, b);
+        // Another site's block is refused, and so are blocks that are not blocks.
+        let err = again
+            .range_for("intruder", Some((FIRST_HOST_ID, RANGE_SIZE)))
+            .unwrap_err();
+        assert!(
+            matches!(err, IdmapError::Conflict { ref other, .. } if other == "old"),
+            "{err}"
+        );
+        for (h, n) in [(0, RANGE_SIZE), (FIRST_HOST_ID + 1, RANGE_SIZE), (b, 10)] {
+            let err = again.range_for("x", Some((h, n))).unwrap_err();
+            assert!(
+                matches!(err, IdmapError::BadAssigned { .. }),
+                "{h}+{n}: {err}"
+            );
+        }
+        // A refused block changes nothing on disk.
+        assert_eq!(
+            IdRanges::new(path).range_of("intruder").unwrap().host_id,
+            FIRST_HOST_ID + 2 * RANGE_SIZE
+        );
     }
 
     #[test]

@@ -249,7 +249,8 @@ where
         let _ = agent.images.unmount_rootfs(&leftover).await;
         let _ = std::fs::remove_dir_all(&leftover);
     }
-    let id_mapping = agent.id_ranges.range_of(&a.site)?;
+    let assigned = (a.id_base != 0).then_some((a.id_base, a.id_count));
+    let id_mapping = agent.id_ranges.range_for(&a.site, assigned)?;
     let range = IdRange {
         host_id: id_mapping.host_id,
         size: id_mapping.size,

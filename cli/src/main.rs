@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use berth_api::rest::{CreateSite, Site};
 use berth_cli::output::{self, Format};
-use berth_cli::{client, registry, up, ApiClient, ClientError};
+use berth_cli::{client, registry, up, worker, ApiClient, ClientError};
 use berth_images::credentials;
 use clap::{Parser, Subcommand};
 
@@ -52,6 +52,15 @@ enum Cmd {
         /// Seconds to wait before restarting a daemon that died.
         #[arg(long, default_value_t = 1.0)]
         restart_delay: f64,
+        /// Join an existing Berth as one more web worker: start only sandboxd and the
+        /// agent, registered with the controller at this gRPC URL
+        /// (e.g. http://10.0.0.1:7701). --port-base then only places this worker's ports.
+        #[arg(long, value_name = "CONTROLLER_GRPC_URL")]
+        join: Option<String>,
+        /// With --join: the file server's URL (default: the controller's host, port
+        /// 7702 relative to its gRPC port 7701).
+        #[arg(long, requires = "join", value_name = "URL")]
+        fsd: Option<String>,
     },
     /// Manage sites.
     #[command(subcommand)]
@@ -65,8 +74,8 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Inspect workers.
-    #[command(subcommand)]
+    /// Inspect workers; `berth worker gc` runs on a worker itself.
+    #[command(subcommand, alias = "worker")]
     Workers(WorkersCmd),
     /// Save or remove credentials for an image registry.
     #[command(subcommand)]
@@ -87,6 +96,9 @@ enum RegistryCmd {
         /// Plain HTTP (the default for loopback hosts).
         #[arg(long)]
         insecure: bool,
+        /// PEM file of CA certificates trusted for this registry's HTTPS certificate.
+        #[arg(long, env = "BERTH_REGISTRY_CA")]
+        registry_ca: Option<PathBuf>,
     },
     /// Remove saved credentials for a registry.
     Logout { host: String },
@@ -114,6 +126,11 @@ enum SitesCmd {
         /// Allow plain HTTP to the registry.
         #[arg(long)]
         insecure_registry: bool,
+        /// Copy /home to the worker's disk before each instance starts; the app sees
+        /// BERTH_LOCALCACHE_READY=1 and its writes to /home stay local and are lost
+        /// when the instance stops.
+        #[arg(long)]
+        local_cache: bool,
         #[arg(long)]
         no_wait: bool,
     },
@@ -138,6 +155,17 @@ enum SitesCmd {
 enum WorkersCmd {
     #[command(alias = "ls")]
     List {
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// On a worker: remove every image no instance uses from its image store (as root).
+    Gc {
+        /// State directory of `berth up` on this machine.
+        #[arg(long, default_value = "/var/lib/berth")]
+        state_dir: PathBuf,
+        /// The agent's admin socket (default: <state-dir>/agent/admin.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -178,6 +206,8 @@ async fn run(cli: Cli) -> Result<()> {
             domain,
             worker_name,
             restart_delay,
+            join,
+            fsd,
         } => {
             let exe = std::env::current_exe().context("finding the berth binary")?;
             let bin_dir = exe
@@ -194,6 +224,16 @@ async fn run(cli: Cli) -> Result<()> {
                 worker_name,
                 restart_delay: Duration::from_secs_f64(restart_delay),
                 bin_dir,
+                join: match join {
+                    None => None,
+                    Some(controller) => Some(up::Join {
+                        fsd: match fsd {
+                            Some(f) => f,
+                            None => up::default_fsd_url(&controller)?,
+                        },
+                        controller,
+                    }),
+                },
             })
             .await
         }
@@ -205,6 +245,7 @@ async fn run(cli: Cli) -> Result<()> {
             env,
             registry_auth,
             insecure_registry,
+            local_cache,
             no_wait,
         }) => {
             berth_api::names::validate_site_name(&name)?;
@@ -225,6 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
                 port,
                 insecure_registry: insecure_registry.then_some(true),
                 registry_auth,
+                local_cache,
             };
             let site = c.create_site(&req).await?;
             println!(
@@ -282,13 +324,39 @@ async fn run(cli: Cli) -> Result<()> {
             username,
             password_stdin,
             insecure,
-        }) => registry_login(&host, &username, password_stdin, insecure).await,
+            registry_ca,
+        }) => {
+            registry_login(
+                &host,
+                &username,
+                password_stdin,
+                insecure,
+                registry_ca.as_deref(),
+            )
+            .await
+        }
         Cmd::Registry(RegistryCmd::Logout { host }) => {
             let (path, had) = credentials::remove(&host)?;
             if had {
                 println!("Removed credentials for {host} from {}", path.display());
             } else {
                 println!("No saved credentials for {host} in {}", path.display());
+            }
+            Ok(())
+        }
+        Cmd::Workers(WorkersCmd::Gc {
+            state_dir,
+            socket,
+            output,
+        }) => {
+            let socket = socket.unwrap_or_else(|| worker::default_socket(&state_dir));
+            let v = worker::request(&socket, "gc").await?;
+            match output {
+                Format::Json => println!("{}", output::json(&v)),
+                Format::Table => println!(
+                    "Image garbage collection: {}",
+                    v["summary"].as_str().unwrap_or_default()
+                ),
             }
             Ok(())
         }
@@ -319,6 +387,7 @@ async fn registry_login(
     user: &str,
     password_stdin: bool,
     insecure: bool,
+    registry_ca: Option<&std::path::Path>,
 ) -> Result<()> {
     use std::io::{IsTerminal, Read};
     if !password_stdin && std::io::stdin().is_terminal() {
@@ -333,7 +402,7 @@ async fn registry_login(
         bail!("no password on standard input");
     }
     let insecure = insecure || registry::is_loopback(host);
-    let verified = registry::verify(host, user, pass, insecure).await?;
+    let verified = registry::verify(host, user, pass, insecure, registry_ca).await?;
     let path = credentials::store(host, user, pass)?;
     if verified == registry::Verified::NotChecked {
         eprintln!("note: {host} serves /v2/ without credentials, so they could not be checked");

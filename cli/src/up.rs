@@ -27,6 +27,39 @@ pub struct UpConfig {
     pub worker_name: Option<String>,
     pub restart_delay: Duration,
     pub bin_dir: PathBuf,
+    /// Join an existing Berth as one more web worker instead of starting a whole unit.
+    pub join: Option<Join>,
+}
+
+/// Where a joining worker finds the rest of its unit.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// Controller gRPC URL, e.g. `http://10.0.0.1:7701`.
+    pub controller: String,
+    /// File server URL for `/home` mounts, e.g. `http://10.0.0.1:7702`.
+    pub fsd: String,
+}
+
+/// The file server URL of a unit whose controller gRPC is at `controller`: same host,
+/// the fsd port at the same offset from the gRPC port as in [`berth_api::ports`].
+pub fn default_fsd_url(controller: &str) -> Result<String> {
+    use berth_api::ports as p;
+    let rest = controller.strip_prefix("http://").with_context(|| {
+        format!("--join {controller:?}: expected http://HOST:PORT of the controller's gRPC")
+    })?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .with_context(|| {
+            format!("--join {controller:?}: expected http://HOST:PORT (the port is missing)")
+        })?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--join {controller:?}: {port:?} is not a port number"))?;
+    let fsd = u32::from(port) + u32::from(p::FSD) - u32::from(p::CONTROLLER_GRPC);
+    let fsd = u16::try_from(fsd)
+        .with_context(|| format!("--join {controller:?}: no fsd port follows it; give --fsd"))?;
+    Ok(format!("http://{host}:{fsd}"))
 }
 
 /// Addresses of one unit, all on loopback.
@@ -178,36 +211,30 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
     }
     let ports = Ports::from_base(cfg.port_base)?;
     let st = &cfg.state_dir;
+    if let Some(join) = &cfg.join {
+        return run_worker(&cfg, join, &ports).await;
+    }
     for d in ["controller", "fsd", "objects", "sandboxd", "agent", "logs"] {
         std::fs::create_dir_all(st.join(d))
             .with_context(|| format!("creating {}", st.join(d).display()))?;
     }
     let logs = st.join("logs");
-    let sock = st.join("sandboxd").join("sandboxd.sock");
     let ctl_grpc = format!("http://{}", ports.grpc);
-    let worker = cfg.worker_name.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "worker-1".into())
-    });
+    let worker = worker_name(&cfg);
     let http_port = ports.http.port();
     let public = if http_port == 80 {
         "http://{site}.".to_string() + &cfg.domain
     } else {
         format!("http://{{site}}.{}:{http_port}", cfg.domain)
     };
-    let mk = |name: &'static str, exe: &str, args: Vec<String>, ready: Ready| Daemon {
-        name,
-        bin: bin(&cfg.bin_dir, exe),
-        args,
-        ready,
-        log: logs.join(format!("{name}.log")),
-        child: None,
-        crashes: 0,
-        started_at: Instant::now(),
-        restart_at: None,
-    };
+    let mk = |name, exe, args, ready| daemon(&cfg.bin_dir, &logs, name, exe, args, ready);
+    let [sandboxd, agent] = worker_daemons(
+        &cfg,
+        &ports,
+        &ctl_grpc,
+        &format!("http://{}", ports.fsd),
+        &worker,
+    );
     let mut daemons = [
         mk(
             "controller",
@@ -242,6 +269,81 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
             ],
             Ready::Tcp(ports.fsd),
         ),
+        sandboxd,
+        agent,
+        mk(
+            "frontend",
+            "berth-frontend",
+            vec![
+                s("--controller"),
+                ctl_grpc,
+                s("--listen"),
+                s(ports.http),
+                s("--metrics-listen"),
+                s(ports.frontend_metrics),
+            ],
+            Ready::Tcp(ports.http),
+        ),
+    ];
+
+    run_daemons(&mut daemons, cfg.restart_delay, |elapsed| {
+        println!(
+            "Berth is up in {:.1}s (state in {})",
+            elapsed.as_secs_f64(),
+            st.display()
+        );
+        println!(
+            "  API        http://{}   (token: {})",
+            ports.api,
+            st.join("controller/token").display()
+        );
+        println!("  front end  {}", public.replace("{site}", "<site>"));
+        println!("  worker     {worker} (ingress {})", ports.ingress);
+        println!("  logs       {}", logs.display());
+        println!("  metrics    controller http://{}/metrics, agent http://{}/metrics, frontend http://{}/metrics, sandboxd http://{}/metrics, fsd http://{}/metrics",
+            ports.api, ports.agent_metrics, ports.frontend_metrics, ports.sandboxd_metrics, ports.fsd_metrics);
+        println!("Create a site:  berth sites create hello --image 127.0.0.1:5000/hello:1");
+        println!("Press Ctrl-C to stop.");
+
+    })
+    .await
+}
+
+fn daemon(
+    bin_dir: &Path,
+    logs: &Path,
+    name: &'static str,
+    exe: &str,
+    args: Vec<String>,
+    ready: Ready,
+) -> Daemon {
+    Daemon {
+        name,
+        bin: bin(bin_dir, exe),
+        args,
+        ready,
+        log: logs.join(format!("{name}.log")),
+        child: None,
+        crashes: 0,
+        started_at: Instant::now(),
+        restart_at: None,
+    }
+}
+
+/// sandboxd and the agent of one web worker, talking to the controller and the file
+/// server at the given URLs.
+fn worker_daemons(
+    cfg: &UpConfig,
+    ports: &Ports,
+    controller: &str,
+    fsd: &str,
+    worker: &str,
+) -> [Daemon; 2] {
+    let st = &cfg.state_dir;
+    let logs = st.join("logs");
+    let sock = st.join("sandboxd").join("sandboxd.sock");
+    let mk = |name, exe, args, ready| daemon(&cfg.bin_dir, &logs, name, exe, args, ready);
+    [
         mk(
             "sandboxd",
             "berth-sandboxd",
@@ -260,11 +362,11 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
             "berth-agent",
             vec![
                 s("--controller"),
-                ctl_grpc.clone(),
+                s(controller),
                 s("--sandboxd-socket"),
                 sock.display().to_string(),
                 s("--fsd"),
-                format!("http://{}", ports.fsd),
+                s(fsd),
                 s("--fsd-bin"),
                 bin(&cfg.bin_dir, "berth-fsd").display().to_string(),
                 s("--ingress-listen"),
@@ -274,25 +376,59 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
                 s("--state-dir"),
                 st.join("agent").display().to_string(),
                 s("--name"),
-                worker.clone(),
+                s(worker),
             ],
             Ready::Tcp(ports.ingress),
         ),
-        mk(
-            "frontend",
-            "berth-frontend",
-            vec![
-                s("--controller"),
-                ctl_grpc,
-                s("--listen"),
-                s(ports.http),
-                s("--metrics-listen"),
-                s(ports.frontend_metrics),
-            ],
-            Ready::Tcp(ports.http),
-        ),
-    ];
+    ]
+}
 
+/// `berth up --join`: only this machine's web worker (sandboxd + agent), registered
+/// with the controller of an existing unit.
+async fn run_worker(cfg: &UpConfig, join: &Join, ports: &Ports) -> Result<()> {
+    let st = &cfg.state_dir;
+    for d in ["sandboxd", "agent", "logs"] {
+        std::fs::create_dir_all(st.join(d))
+            .with_context(|| format!("creating {}", st.join(d).display()))?;
+    }
+    let worker = worker_name(cfg);
+    let mut daemons = worker_daemons(cfg, ports, &join.controller, &join.fsd, &worker);
+    run_daemons(&mut daemons, cfg.restart_delay, |elapsed| {
+        println!(
+            "Berth worker {worker} joined {} in {:.1}s (state in {})",
+            join.controller,
+            elapsed.as_secs_f64(),
+            st.display()
+        );
+        println!("  ingress    {}", ports.ingress);
+        println!("  /home      file server {}", join.fsd);
+        println!("  logs       {}", st.join("logs").display());
+        println!(
+            "  metrics    agent http://{}/metrics, sandboxd http://{}/metrics",
+            ports.agent_metrics, ports.sandboxd_metrics
+        );
+        println!("Press Ctrl-C to stop.");
+    })
+    .await
+}
+
+fn worker_name(cfg: &UpConfig) -> String {
+    cfg.worker_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "worker-1".into())
+    })
+}
+
+/// Starts `daemons` in order (each waited for until it answers; on a failure the ones
+/// started are stopped again), calls `banner` with the time it took, then supervises
+/// them until SIGINT/SIGTERM and stops them in reverse order.
+async fn run_daemons(
+    daemons: &mut [Daemon],
+    restart_delay: Duration,
+    banner: impl FnOnce(Duration),
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let started = Instant::now();
@@ -309,24 +445,7 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
             return Err(e.context("berth up failed; every daemon it had started was stopped"));
         }
     }
-
-    println!(
-        "Berth is up in {:.1}s (state in {})",
-        started.elapsed().as_secs_f64(),
-        st.display()
-    );
-    println!(
-        "  API        http://{}   (token: {})",
-        ports.api,
-        st.join("controller/token").display()
-    );
-    println!("  front end  {}", public.replace("{site}", "<site>"));
-    println!("  worker     {worker} (ingress {})", ports.ingress);
-    println!("  logs       {}", logs.display());
-    println!("  metrics    controller http://{}/metrics, agent http://{}/metrics, frontend http://{}/metrics, sandboxd http://{}/metrics, fsd http://{}/metrics",
-        ports.api, ports.agent_metrics, ports.frontend_metrics, ports.sandboxd_metrics, ports.fsd_metrics);
-    println!("Create a site:  berth sites create hello --image 127.0.0.1:5000/hello:1");
-    println!("Press Ctrl-C to stop.");
+    banner(started.elapsed());
 
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -336,7 +455,7 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
             _ = tick.tick() => {}
         }
         for d in daemons.iter_mut() {
-            supervise(d, cfg.restart_delay);
+            supervise(d, restart_delay);
         }
     }
     println!("Stopping Berth...");

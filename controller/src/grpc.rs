@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::Controller;
 use crate::liveness::HEARTBEAT_INTERVAL;
+use crate::store::ID_RANGE_SIZE;
 use crate::store::{InstanceReportIn, StoreError};
 
 /// Resources every instance gets in the walking skeleton.
@@ -227,7 +228,9 @@ async fn assignments(ctx: &Controller, worker_id: &str) -> Result<(u64, Assignme
             pids_max: INSTANCE_PIDS_MAX,
             generation: a.generation,
             health_path: HEALTH_PATH.to_string(),
-            // id_base, id_count, local_cache: filled in by the next commits.
+            id_base: a.id_base,
+            id_count: if a.id_base == 0 { 0 } else { ID_RANGE_SIZE },
+            // local_cache: filled in by the local cache commit.
             ..Default::default()
         })
         .collect();

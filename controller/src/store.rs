@@ -7,10 +7,12 @@
 //! between two writers. Snapshot reads run in a read transaction so the revision and
 //! the rows they return belong together.
 
+mod id_ranges;
 mod sites;
 mod snapshots;
 mod workers;
 
+pub use id_ranges::{FIRST_HOST_ID, ID_RANGE_SIZE};
 pub use snapshots::{AssignmentRow, RouteSite};
 pub use workers::InstanceReportIn;
 
@@ -40,6 +42,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("site {0:?} already exists: pick another name or delete the site first")]
     SiteExists(String),
+    #[error("no free host id range left for site {0}: all 65,536 blocks of the 32-bit id space are taken; delete unused rows of table id_ranges")]
+    IdRangesExhausted(String),
     #[error("stored env of site {site:?} is not a JSON object of strings: {source}")]
     CorruptEnv {
         site: String,

@@ -10,7 +10,7 @@ pub mod attack;
 pub mod host;
 pub mod unit;
 
-pub use unit::{wait_for, Registry, Unit};
+pub use unit::{wait_for, JoinedWorker, Registry, Unit};
 
 use std::path::PathBuf;
 

@@ -262,6 +262,96 @@ impl Drop for Unit {
     }
 }
 
+/// One more web worker, `berth up --join`ed to a unit's controller (its own sandboxd,
+/// agent, state directory and ports on this host). Stopped with SIGTERM on drop.
+pub struct JoinedWorker {
+    pub name: String,
+    pub state: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl JoinedWorker {
+    /// Joins `u` as worker `name` and waits until `berth up --join` says it is up.
+    pub fn join(u: &Unit, name: &str) -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("berth-e2e-worker-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let port_base = free_port_base(400);
+        let grpc =
+            u.port_base + (berth_api::ports::CONTROLLER_GRPC - berth_api::ports::CONTROLLER_API);
+        let log = std::fs::File::create(state.path().join("up.log")).unwrap();
+        let child = Command::new(u.bin.join("berth"))
+            .args(["up", "--join", &format!("http://127.0.0.1:{grpc}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--port-base", &port_base.to_string()])
+            .args(["--worker-name", name])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting berth up --join");
+        let mut w = Self {
+            name: name.to_string(),
+            state,
+            child: Some(child),
+        };
+        let up_log = w.state.path().join("up.log");
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&up_log).unwrap_or_default();
+            if text.contains("Press Ctrl-C") {
+                break;
+            }
+            if let Some(st) = w.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("berth up --join exited ({st}):\n{text}\n{}", w.logs());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "berth up --join did not come up in 60s:\n{text}\n{}",
+                w.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w
+    }
+
+    /// The worker's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for d in ["up", "logs/agent", "logs/sandboxd"] {
+            let p = self.state.path().join(format!("{d}.log"));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("----- {} (last 40 lines)\n", p.display()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for JoinedWorker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(90) {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// Polls `f` until it is true or panics after `timeout` naming `what`.
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

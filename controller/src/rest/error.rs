@@ -59,6 +59,11 @@ impl From<StoreError> for ApiFailure {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::SiteExists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::IdRangesExhausted(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "id_ranges_exhausted",
+                e.to_string(),
+            ),
             other => {
                 tracing::error!(error = %other, "state database failure");
                 Self::new(

@@ -147,6 +147,7 @@ impl Store {
         if inserted.rows_affected() == 0 {
             return Err(StoreError::SiteExists(site.name.clone()));
         }
+        super::id_ranges::ensure_in_tx(&mut w.tx, &site.name).await?;
         insert_instances(&mut w.tx, &site.name, site.instances, 1).await?;
         place_in_tx(&mut w.tx, is_live).await?;
         let record = site_in_tx(&mut w.tx, &site.name)

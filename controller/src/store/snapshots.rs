@@ -16,6 +16,8 @@ pub struct AssignmentRow {
     pub env: BTreeMap<String, String>,
     pub port: u32,
     pub generation: u64,
+    /// First host id of the site's user-namespace range (0 if it has none).
+    pub id_base: u32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -28,6 +30,7 @@ struct AssignmentDbRow {
     env: String,
     port: i64,
     generation: i64,
+    id_base: Option<i64>,
 }
 
 /// A ready instance of a site and the worker it runs on.
@@ -57,8 +60,9 @@ impl Store {
             .await?;
         let rows: Vec<AssignmentDbRow> = sqlx::query_as(
             "SELECT i.id AS instance_id, s.name AS site, s.image_digest, s.registry_auth, \
-             s.insecure_registry, s.env, s.port, i.generation FROM instances i \
-             JOIN sites s ON s.name = i.site WHERE i.worker_id = ? ORDER BY i.id",
+             s.insecure_registry, s.env, s.port, i.generation, r.host_id AS id_base \
+             FROM instances i JOIN sites s ON s.name = i.site \
+             LEFT JOIN id_ranges r ON r.site = s.name WHERE i.worker_id = ? ORDER BY i.id",
         )
         .bind(worker_id)
         .fetch_all(&mut *tx)
@@ -79,6 +83,7 @@ impl Store {
                 env,
                 port: r.port as u32,
                 generation: r.generation as u64,
+                id_base: r.id_base.unwrap_or(0) as u32,
             });
         }
         Ok((rev as u64, out))

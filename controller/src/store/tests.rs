@@ -177,3 +177,49 @@ async fn state_survives_reopen_and_delete_cascades() {
     let c = s.counts().await.unwrap();
     assert_eq!((c.sites, c.instances_by_state["pending"]), (0, 0));
 }
+
+#[tokio::test]
+async fn each_site_gets_one_id_range_on_every_worker_kept_across_delete() {
+    let (_d, s) = store().await;
+    let w1 = s
+        .register_worker("w1", "127.0.0.1:1", 0, 1024, NONE_LIVE)
+        .await
+        .unwrap();
+    let w2 = s
+        .register_worker("w2", "127.0.0.1:2", 0, 1024, NONE_LIVE)
+        .await
+        .unwrap();
+    s.create_site(&site("alpha", 2), ALL_LIVE).await.unwrap();
+    s.create_site(&site("beta", 1), ALL_LIVE).await.unwrap();
+    let mut bases: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for w in [&w1, &w2] {
+        for a in s.assignments_for(w).await.unwrap().1 {
+            bases.entry(a.site).or_default().push(a.id_base);
+        }
+    }
+    let alpha = &bases["alpha"];
+    assert_eq!(alpha.len(), 2, "one instance of alpha per worker");
+    assert_eq!(alpha[0], alpha[1], "alpha has the same ids on both workers");
+    assert_eq!(alpha[0], FIRST_HOST_ID);
+    assert_eq!(bases["beta"], vec![FIRST_HOST_ID + ID_RANGE_SIZE]);
+
+    // Deleted and created again: the same ids, so its kept /home files are its own.
+    assert!(s.delete_site("alpha").await.unwrap());
+    s.create_site(&site("gamma", 1), ALL_LIVE).await.unwrap();
+    s.create_site(&site("alpha", 1), ALL_LIVE).await.unwrap();
+    let mut again = BTreeMap::new();
+    for w in [&w1, &w2] {
+        for a in s.assignments_for(w).await.unwrap().1 {
+            again.insert(a.site, a.id_base);
+        }
+    }
+    assert_eq!(
+        again["alpha"], FIRST_HOST_ID,
+        "alpha got its old range back"
+    );
+    assert_eq!(
+        again["gamma"],
+        FIRST_HOST_ID + 2 * ID_RANGE_SIZE,
+        "a new name never gets a deleted site's range"
+    );
+}
