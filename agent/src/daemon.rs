@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::gc::GcConfig;
 use crate::image::Images;
 use crate::metrics::Metrics;
 use crate::netns::{self, HostNetns};
@@ -31,6 +32,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// [`run`] with explicit network settings; `None` gives sandboxes loopback only.
 pub async fn run_with(cfg: Config, network: Option<NetworkConfig>) -> anyhow::Result<()> {
+    run_with_images(cfg, network, ImageOptions::default()).await
+}
+
+/// Image settings of the agent (`--registry-ca`, `--image-budget`).
+#[derive(Clone, Debug, Default)]
+pub struct ImageOptions {
+    /// PEM file of extra CA certificates for HTTPS registries.
+    pub registry_ca: Option<std::path::PathBuf>,
+    /// Garbage collection of the image store.
+    pub gc: GcConfig,
+}
+
+/// [`run_with`] with explicit image settings.
+pub async fn run_with_images(
+    cfg: Config,
+    network: Option<NetworkConfig>,
+    image_opts: ImageOptions,
+) -> anyhow::Result<()> {
     for dir in [
         cfg.state_dir.clone(),
         cfg.images_dir(),
@@ -53,7 +72,11 @@ pub async fn run_with(cfg: Config, network: Option<NetworkConfig>) -> anyhow::Re
     let sandboxes = sandbox::client(&cfg.sandboxd_socket)
         .with_context(|| format!("sandboxd socket {}", cfg.sandboxd_socket.display()))?;
     let images = Images::open(&cfg.images_dir())
-        .with_context(|| format!("opening the image store at {}", cfg.images_dir().display()))?;
+        .with_context(|| format!("opening the image store at {}", cfg.images_dir().display()))?
+        .with_registry_ca(image_opts.registry_ca);
+    let admin_socket = crate::admin::socket_path(&cfg.state_dir);
+    let admin_listener = crate::admin::bind(&admin_socket)
+        .with_context(|| format!("binding the admin socket {}", admin_socket.display()))?;
     let network = match network {
         Some(n) => Some(Arc::new(Network::init(n).context(
             "setting up sandbox egress (needs root, nftables and iproute2: scripts/install-deps.sh)",
@@ -89,6 +112,8 @@ pub async fn run_with(cfg: Config, network: Option<NetworkConfig>) -> anyhow::Re
 
     let ingress_task = tokio::spawn(ingress::serve(ingress_listener, agent.clone()));
     let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener, metrics));
+    let gc_task = tokio::spawn(crate::gc::run(agent.clone(), image_opts.gc));
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, agent.clone()));
     let (worker_tx, worker_rx) = watch::channel(String::new());
     let reports_task = tokio::spawn(control::deliver_reports(
         agent.clone(),
@@ -113,6 +138,9 @@ pub async fn run_with(cfg: Config, network: Option<NetworkConfig>) -> anyhow::Re
         "shutting down: stopping every local instance"
     );
     control_task.abort();
+    // Instances stopping for a shutdown come back after it: keep their images.
+    gc_task.abort();
+    admin_task.abort();
     if !reconciler.shutdown(SHUTDOWN_TIMEOUT).await {
         warn!("some instances did not stop within {SHUTDOWN_TIMEOUT:?}");
     }

@@ -1,6 +1,12 @@
 //! Images for instances, through `berth_images`: pull into the worker's image store
 //! (`<state>/images`, shared read-only layer snapshots) and mount an overlay root
 //! filesystem per instance (idmapped to the site's host id range when it has one).
+//!
+//! It also knows which images are in use, for garbage collection ([`crate::gc`]): an
+//! image is held from the moment a pull of it starts (when the reference is pinned, as
+//! assignments are) until the instance's root filesystem built from it is unmounted.
+//! A pulled image that never gets mounted (its start failed in between) stays held for
+//! [`PENDING_HOLD`]. Collection never removes a held image.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use berth_images::idmap::IdRange;
 use berth_images::store::{ImageStore, PullEvent, StoreError};
-use berth_images::{ClientOptions, Reference, ReferenceError};
+use berth_images::{ClientOptions, Digest, GcReport, Reference, ReferenceError};
 use thiserror::Error;
+use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use crate::spec::ProcessConfig;
@@ -38,9 +45,32 @@ pub struct PulledImage {
     pub process: ProcessConfig,
 }
 
+/// How long a pulled image that no instance mounted yet stays held against collection.
+pub const PENDING_HOLD: Duration = Duration::from_secs(600);
+
 /// The worker's image store.
 pub struct Images {
     store: ImageStore,
+    /// PEM file of extra CA certificates for HTTPS registries (`--registry-ca`).
+    ca_file: Option<PathBuf>,
+    holds: Mutex<Holds>,
+    /// Signalled when an instance's root filesystem goes (a chance to collect).
+    released: Notify,
+}
+
+/// Images in use: mounted root filesystems and pulls not mounted yet.
+#[derive(Default)]
+struct Holds {
+    mounted: HashMap<PathBuf, Digest>,
+    pending: Vec<(Digest, Instant)>,
+}
+
+impl Holds {
+    fn unpend(&mut self, d: &Digest) {
+        if let Some(i) = self.pending.iter().position(|(p, _)| p == d) {
+            self.pending.swap_remove(i);
+        }
+    }
 }
 
 /// Registry options from an assignment's `registry_auth` ("user:password" or empty) and
@@ -177,7 +207,56 @@ impl Images {
     pub fn open(root: &Path) -> Result<Self, ImageError> {
         Ok(Self {
             store: ImageStore::open(root)?,
+            ca_file: None,
+            holds: Mutex::new(Holds::default()),
+            released: Notify::new(),
         })
+    }
+
+    /// Trusts the CA certificates in `ca_file` (PEM) for HTTPS registries, on top of the
+    /// system roots.
+    pub fn with_registry_ca(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
+        self
+    }
+
+    /// Manifest digests of the images in use (see the module docs).
+    pub fn in_use(&self) -> Vec<Digest> {
+        let mut h = self.holds.lock().expect("image holds lock poisoned");
+        h.pending.retain(|(_, t)| t.elapsed() < PENDING_HOLD);
+        let mut out: Vec<Digest> = h.mounted.values().cloned().collect();
+        out.extend(h.pending.iter().map(|(d, _)| d.clone()));
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Waits until an instance's root filesystem was unmounted.
+    pub async fn released(&self) {
+        self.released.notified().await
+    }
+
+    /// Removes every image not in use and everything no remaining image needs.
+    pub async fn gc(&self) -> Result<GcReport, ImageError> {
+        self.collect(None).await
+    }
+
+    /// Removes images not in use, least recently pulled first, until the store fits in
+    /// `budget` bytes; always removes unreferenced blobs, snapshots and leftovers.
+    pub async fn gc_to_budget(&self, budget: u64) -> Result<GcReport, ImageError> {
+        self.collect(Some(budget)).await
+    }
+
+    async fn collect(&self, budget: Option<u64>) -> Result<GcReport, ImageError> {
+        let store = self.store.clone();
+        let in_use = self.in_use();
+        tokio::task::spawn_blocking(move || match budget {
+            Some(b) => store.gc_to_budget(b, &in_use),
+            None => store.gc(&in_use),
+        })
+        .await
+        .map_err(|e| ImageError::Task(e.to_string()))?
+        .map_err(ImageError::from)
     }
 
     /// Pulls `reference` (a no-op when a pinned image is already here); `status` gets a
@@ -190,16 +269,44 @@ impl Images {
         status: impl Fn(String) + Send + Sync,
     ) -> Result<PulledImage, ImageError> {
         let r = Reference::from_str(reference)?;
-        let opts = client_options(auth, insecure)?;
+        let mut opts = client_options(auth, insecure)?;
+        opts.ca_file = self.ca_file.clone();
         let name = reference.to_string();
         let status = PullStatus::new(status);
-        let inner = self
+        // A pinned image is held before the pull, so a collection waiting for the pull
+        // to finish cannot take it away before the instance mounts it.
+        let early = r.digest().cloned();
+        if let Some(d) = &early {
+            self.hold_pending(d.clone());
+        }
+        let pulled = self
             .store
             .pull(&r, &opts, move |e| {
                 status.on_event(&e);
                 log_progress(&name, e)
             })
-            .await?;
+            .await;
+        let inner = match pulled {
+            Ok(inner) => inner,
+            Err(e) => {
+                if let Some(d) = &early {
+                    self.holds
+                        .lock()
+                        .expect("image holds lock poisoned")
+                        .unpend(d);
+                }
+                return Err(e.into());
+            }
+        };
+        if early.as_ref() != Some(&inner.manifest_digest) {
+            if let Some(d) = &early {
+                self.holds
+                    .lock()
+                    .expect("image holds lock poisoned")
+                    .unpend(d);
+            }
+            self.hold_pending(inner.manifest_digest.clone());
+        }
         let cfg = &inner.config;
         let process = ProcessConfig {
             entrypoint: cfg.entrypoint.clone().unwrap_or_default(),
@@ -222,6 +329,14 @@ impl Images {
     ) -> Result<PathBuf, ImageError> {
         let snapshots = image.inner.snapshot_dirs.clone();
         let dir = instance_dir.to_path_buf();
+        // Held as mounted before the mount starts; a failed mount is cleaned up by
+        // unmount_rootfs on the instance's teardown, which drops the hold.
+        {
+            let mut h = self.holds.lock().expect("image holds lock poisoned");
+            h.unpend(&image.inner.manifest_digest);
+            h.mounted
+                .insert(dir.clone(), image.inner.manifest_digest.clone());
+        }
         tokio::task::spawn_blocking(move || match range {
             Some(range) => berth_images::rootfs::mount_rootfs_idmapped(&snapshots, &dir, range),
             None => berth_images::mount_rootfs(&snapshots, &dir),
@@ -231,14 +346,34 @@ impl Images {
         .map_err(ImageError::from)
     }
 
+    fn hold_pending(&self, d: Digest) {
+        self.holds
+            .lock()
+            .expect("image holds lock poisoned")
+            .pending
+            .push((d, Instant::now()));
+    }
+
     /// Unmounts an instance's root filesystem and removes its directories (nothing
     /// mounted is fine).
     pub async fn unmount_rootfs(&self, instance_dir: &Path) -> Result<(), ImageError> {
         let dir = instance_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || berth_images::unmount_rootfs(&dir))
+        let res = tokio::task::spawn_blocking(move || berth_images::unmount_rootfs(&dir))
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?
-            .map_err(ImageError::from)
+            .map_err(ImageError::from);
+        if res.is_ok() {
+            let was = self
+                .holds
+                .lock()
+                .expect("image holds lock poisoned")
+                .mounted
+                .remove(instance_dir);
+            if was.is_some() {
+                self.released.notify_one();
+            }
+        }
+        res
     }
 }
 

@@ -16,8 +16,10 @@
 //! `x-berth-instance`, and are relayed to the app through a connection opened inside its
 //! namespace. [`metrics`] serves Prometheus `/metrics`; [`daemon`] ties it all together.
 
+pub mod admin;
 pub mod control;
 pub mod daemon;
+pub mod gc;
 pub mod idmap;
 pub mod image;
 pub mod ingress;

@@ -54,6 +54,13 @@ struct Args {
     /// Give sandboxes loopback only: no veth, no NAT, no nftables rules.
     #[arg(long)]
     no_egress: bool,
+    /// PEM file of CA certificates trusted for HTTPS registries, on top of the system roots.
+    #[arg(long, env = "BERTH_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
+    /// Disk the image store may use before unused images are removed, least recently
+    /// pulled first (bytes, or with K/M/G/T, e.g. 10GiB). Images in use are never removed.
+    #[arg(long, env = "BERTH_IMAGE_BUDGET", default_value = "10GiB", value_parser = berth_agent::gc::parse_size)]
+    image_budget: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,5 +113,14 @@ fn main() -> anyhow::Result<()> {
         outbound_connection_limit: args.outbound_connection_limit,
         ..Default::default()
     });
-    runtime.block_on(berth_agent::daemon::run_with(cfg, network))
+    let image_opts = berth_agent::daemon::ImageOptions {
+        registry_ca: args.registry_ca,
+        gc: berth_agent::gc::GcConfig {
+            budget: args.image_budget,
+            ..Default::default()
+        },
+    };
+    runtime.block_on(berth_agent::daemon::run_with_images(
+        cfg, network, image_opts,
+    ))
 }

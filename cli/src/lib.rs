@@ -11,5 +11,6 @@ pub mod client;
 pub mod output;
 pub mod registry;
 pub mod up;
+pub mod worker;
 
 pub use client::{ApiClient, ClientError};

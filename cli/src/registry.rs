@@ -6,6 +6,7 @@
 //! Saving is [`berth_images::credentials`]'s job. Passwords are never logged or printed.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::header::WWW_AUTHENTICATE;
@@ -14,7 +15,7 @@ use reqwest::StatusCode;
 /// Errors verifying credentials against a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryLoginError {
-    #[error("contacting registry {host}: {source}; check the host name and port, and --insecure for a plain-HTTP registry")]
+    #[error("contacting registry {host}: {source}; check the host name and port, --registry-ca FILE for a registry whose certificate a private CA signed, and --insecure for a plain-HTTP registry")]
     Http {
         host: String,
         source: reqwest::Error,
@@ -35,6 +36,8 @@ pub enum RegistryLoginError {
         "registry {host} asked for authentication with an unsupported challenge {challenge:?}"
     )]
     Challenge { host: String, challenge: String },
+    #[error("reading CA file {path}: {detail}: give a PEM file of CA certificates")]
+    CaFile { path: PathBuf, detail: String },
 }
 
 /// What [`verify`] found out.
@@ -62,17 +65,31 @@ pub async fn verify(
     user: &str,
     pass: &str,
     insecure: bool,
+    ca_file: Option<&Path>,
 ) -> Result<Verified, RegistryLoginError> {
     let http = |source| RegistryLoginError::Http {
         host: host.to_string(),
         source,
     };
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
-        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(http)?;
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let ca = |detail: String| RegistryLoginError::CaFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca("no certificate in the file".into()));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder.build().map_err(http)?;
     let scheme = if insecure { "http" } else { "https" };
     let url = format!("{scheme}://{host}/v2/");
     let resp = client.get(&url).send().await.map_err(http)?;
