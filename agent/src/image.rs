@@ -122,6 +122,15 @@ fn log_progress(image: &str, event: PullEvent) {
     }
 }
 
+/// One pull status: the line for the instance's STARTING message and the byte counts
+/// behind it (for the CLI's progress bar).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullProgress {
+    pub line: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// Turns pull events into a one-line status for the instance's STARTING message
 /// (`pulling 12.3/45.6 MB (2/5 layers)`), at most one every [`PullStatus::EVERY`] so a
 /// fast pull does not flood the controller with reports.
@@ -139,7 +148,7 @@ struct PullCounts {
     last: Option<Instant>,
 }
 
-impl<F: Fn(String)> PullStatus<F> {
+impl<F: Fn(PullProgress)> PullStatus<F> {
     /// Minimum time between two statuses (first and last always go out).
     pub const EVERY: Duration = Duration::from_millis(500);
 
@@ -197,8 +206,13 @@ impl<F: Fn(String)> PullStatus<F> {
             c.layers_done,
             c.layers
         );
+        let total_bytes = c.total_bytes;
         drop(c);
-        (self.emit)(line);
+        (self.emit)(PullProgress {
+            line,
+            done_bytes: got.min(total_bytes),
+            total_bytes,
+        });
     }
 }
 
@@ -266,7 +280,7 @@ impl Images {
         reference: &str,
         auth: &str,
         insecure: bool,
-        status: impl Fn(String) + Send + Sync,
+        status: impl Fn(PullProgress) + Send + Sync,
     ) -> Result<PulledImage, ImageError> {
         let r = Reference::from_str(reference)?;
         let mut opts = client_options(auth, insecure)?;
@@ -407,7 +421,7 @@ mod pull_status_tests {
         };
         let out = Arc::new(Mutex::new(Vec::new()));
         let o = out.clone();
-        let s = PullStatus::new(move |l| o.lock().unwrap().push(l));
+        let s = PullStatus::new(move |p: PullProgress| o.lock().unwrap().push(p));
         s.on_event(&PullEvent::Resolved {
             manifest_digest: d(0),
             layers: 2,
@@ -434,8 +448,10 @@ mod pull_status_tests {
             entries: 3,
         });
         let out = out.lock().unwrap();
-        assert_eq!(out.first().unwrap(), "pulling 0.0/3.0 MB (0/2 layers)");
-        assert_eq!(out.last().unwrap(), "pulling 2.0/3.0 MB (2/2 layers)");
+        assert_eq!(out.first().unwrap().line, "pulling 0.0/3.0 MB (0/2 layers)");
+        assert_eq!(out.first().unwrap().total_bytes, 3_000_000);
+        assert_eq!(out.last().unwrap().line, "pulling 2.0/3.0 MB (2/2 layers)");
+        assert_eq!(out.last().unwrap().done_bytes, 2_000_000);
         assert!(out.len() <= 3, "{out:?}");
     }
 }

@@ -273,7 +273,11 @@ where
     check(still_wanted)?;
 
     // d. network namespace + e. sandbox
-    status("starting sandbox".to_string());
+    status(crate::image::PullProgress {
+        line: "starting sandbox".to_string(),
+        done_bytes: 0,
+        total_bytes: 0,
+    });
     let t = Instant::now();
     let log_path = agent.cfg.log_path(&id);
     let req = spec::create_request(
@@ -333,10 +337,16 @@ where
 
 /// Sets the message of instance `id` while it is STARTING for `generation` (pull progress,
 /// then the step it is at); reported to the controller like any state change.
-fn starting_status(agent: &Arc<Agent>, id: &str, generation: u64) -> impl Fn(String) + Send + Sync {
+fn starting_status(
+    agent: &Arc<Agent>,
+    id: &str,
+    generation: u64,
+) -> impl Fn(crate::image::PullProgress) + Send + Sync {
     let agent = agent.clone();
     let id = id.to_string();
-    move |message| {
+    move |p: crate::image::PullProgress| {
+        agent.set_pull_progress(&id, p.done_bytes, p.total_bytes);
+        let message = p.line;
         if let Some(mut view) = agent.instance(&id) {
             if view.state == berth_api::control::InstanceState::Starting
                 && view.generation == generation

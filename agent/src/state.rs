@@ -98,6 +98,8 @@ pub struct Agent {
     reports: Mutex<BTreeMap<String, InstanceReport>>,
     pub reports_ready: Notify,
     epochs: AtomicU64,
+    /// Image pull progress (done, total bytes) of starting instances.
+    pulls: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Agent {
@@ -123,6 +125,7 @@ impl Agent {
             reports: Mutex::new(BTreeMap::new()),
             reports_ready: Notify::new(),
             epochs: AtomicU64::new(1),
+            pulls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -146,15 +149,37 @@ impl Agent {
             .cloned()
     }
 
+    /// Records how far the image pull of a starting instance is; the next report of
+    /// its state carries it. `total` 0 means no pull is running.
+    pub fn set_pull_progress(&self, id: &str, done: u64, total: u64) {
+        let mut p = self.pulls.lock().expect("pull progress lock poisoned");
+        if total == 0 {
+            p.remove(id);
+        } else {
+            p.insert(id.to_string(), (done, total));
+        }
+    }
+
+    fn pull_progress(&self, id: &str, state: InstanceState) -> (u64, u64) {
+        let mut p = self.pulls.lock().expect("pull progress lock poisoned");
+        if state != InstanceState::Starting {
+            p.remove(id);
+            return (0, 0);
+        }
+        p.get(id).copied().unwrap_or_default()
+    }
+
     /// Records a new state for an instance and queues a report to the controller.
     pub fn set_state(&self, id: &str, view: InstanceView) {
+        let (pull_done_bytes, pull_total_bytes) = self.pull_progress(id, view.state);
         let report = InstanceReport {
             worker_id: String::new(),
             instance_id: id.to_string(),
             state: view.state as i32,
             message: view.message.clone(),
             generation: view.generation,
-            ..Default::default()
+            pull_done_bytes,
+            pull_total_bytes,
         };
         {
             let mut table = self
@@ -177,6 +202,7 @@ impl Agent {
             table.remove(id);
             self.refresh_gauges(&table);
         }
+        self.set_pull_progress(id, 0, 0);
         self.pool.forget(id);
         self.queue_report(InstanceReport {
             worker_id: String::new(),
@@ -234,13 +260,17 @@ impl Agent {
             .read()
             .expect("instance table lock poisoned")
             .iter()
-            .map(|(id, v)| InstanceReport {
-                worker_id: worker_id.to_string(),
-                instance_id: id.clone(),
-                state: v.state as i32,
-                message: v.message.clone(),
-                generation: v.generation,
-                ..Default::default()
+            .map(|(id, v)| {
+                let (pull_done_bytes, pull_total_bytes) = self.pull_progress(id, v.state);
+                InstanceReport {
+                    worker_id: worker_id.to_string(),
+                    instance_id: id.clone(),
+                    state: v.state as i32,
+                    message: v.message.clone(),
+                    generation: v.generation,
+                    pull_done_bytes,
+                    pull_total_bytes,
+                }
             })
             .collect();
         out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));

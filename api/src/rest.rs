@@ -27,6 +27,11 @@ pub struct CreateSite {
     /// Registry credentials `user:password`, if the image is private.
     #[serde(default)]
     pub registry_auth: Option<String>,
+    /// Copy the site's `/home` to the worker's disk before each instance starts and
+    /// give the instance that copy (`BERTH_LOCALCACHE_READY=1`); its writes stay local
+    /// and are lost when the instance stops (docs/home-semantics.md, "Local cache").
+    #[serde(default)]
+    pub local_cache: bool,
 }
 
 /// `POST /v1/sites/{name}/scale`
@@ -44,6 +49,11 @@ pub struct Instance {
     pub state: String,
     #[serde(default)]
     pub message: String,
+    /// While starting: bytes of the image pulled so far and in all (0 when not pulling).
+    #[serde(default)]
+    pub pull_done_bytes: u64,
+    #[serde(default)]
+    pub pull_total_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

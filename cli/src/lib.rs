@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod output;
+pub mod progress;
 pub mod registry;
 pub mod up;
 pub mod worker;

@@ -428,11 +428,23 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(env)
 }
 
-/// Waits until `want` instances are ready, printing each state change.
+/// Waits until `want` instances are ready, showing progress (bars on a terminal, a
+/// plain line per change otherwise; see [`berth_cli::progress`]).
 async fn wait_ready(c: &ApiClient, name: &str, want: usize) -> Result<()> {
+    let mut progress = berth_cli::progress::DeployProgress::new();
+    let r = wait_ready_with(c, name, want, &mut progress).await;
+    progress.finish();
+    r
+}
+
+async fn wait_ready_with(
+    c: &ApiClient,
+    name: &str,
+    want: usize,
+    progress: &mut berth_cli::progress::DeployProgress,
+) -> Result<()> {
     let start = Instant::now();
     let timeout = Duration::from_secs(180);
-    let mut last = String::new();
     loop {
         let site: Site = c.get_site(name).await?;
         let ready = site
@@ -440,23 +452,7 @@ async fn wait_ready(c: &ApiClient, name: &str, want: usize) -> Result<()> {
             .iter()
             .filter(|i| i.state == "ready")
             .count();
-        let summary = site
-            .instance_states
-            .iter()
-            .map(|i| {
-                // The message says where a starting instance is (pull progress, sandbox).
-                if i.message.is_empty() || i.message == i.state || i.state != "starting" {
-                    format!("{}={}", i.id, i.state)
-                } else {
-                    format!("{}={} ({})", i.id, i.state, i.message)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        if summary != last {
-            eprintln!("  [{:>5.1}s] {summary}", start.elapsed().as_secs_f64());
-            last = summary;
-        }
+        progress.update(&site);
         if let Some(f) = site.instance_states.iter().find(|i| i.state == "failed") {
             bail!(
                 "instance {} of {name} failed: {}. See `berth sites show {name}`",
@@ -465,6 +461,7 @@ async fn wait_ready(c: &ApiClient, name: &str, want: usize) -> Result<()> {
             );
         }
         if ready >= want {
+            progress.finish();
             eprintln!(
                 "  {ready}/{want} instance(s) ready in {:.1}s",
                 start.elapsed().as_secs_f64()

@@ -60,6 +60,8 @@ fn to_report(default_worker: &str, r: InstanceReport) -> Option<InstanceReportIn
         instance_id: r.instance_id,
         message: r.message,
         generation: r.generation,
+        pull_done_bytes: r.pull_done_bytes,
+        pull_total_bytes: r.pull_total_bytes,
     })
 }
 

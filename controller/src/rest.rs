@@ -129,6 +129,8 @@ fn to_site(ctx: &Controller, s: SiteRecord) -> Site {
                 worker: i.worker_name,
                 state: i.state,
                 message: i.message,
+                pull_done_bytes: i.pull_done_bytes,
+                pull_total_bytes: i.pull_total_bytes,
             })
             .collect(),
     }

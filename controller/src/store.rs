@@ -64,6 +64,9 @@ pub struct InstanceRecord {
     pub state: String,
     pub message: String,
     pub generation: u64,
+    /// Image pull progress while starting (bytes; 0/0 when not pulling).
+    pub pull_done_bytes: u64,
+    pub pull_total_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

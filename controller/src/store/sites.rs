@@ -40,13 +40,16 @@ struct InstanceRow {
     state: String,
     message: String,
     generation: i64,
+    pull_done_bytes: i64,
+    pull_total_bytes: i64,
 }
 
 const SITE_COLUMNS: &str = "name, image, image_digest, instances, port, env, \
     insecure_registry, registry_auth, created_at, generation";
 
 const INSTANCE_SELECT: &str = "SELECT i.id, i.site, i.worker_id, w.name AS worker_name, \
-    i.state, i.message, i.generation FROM instances i LEFT JOIN workers w ON w.id = i.worker_id";
+    i.state, i.message, i.generation, i.pull_done_bytes, i.pull_total_bytes \
+    FROM instances i LEFT JOIN workers w ON w.id = i.worker_id";
 
 fn to_record(row: SiteRow, instances: Vec<InstanceRecord>) -> Result<SiteRecord, StoreError> {
     let env: BTreeMap<String, String> =
@@ -77,6 +80,8 @@ fn to_instance(row: InstanceRow) -> InstanceRecord {
         state: row.state,
         message: row.message,
         generation: row.generation as u64,
+        pull_done_bytes: row.pull_done_bytes.max(0) as u64,
+        pull_total_bytes: row.pull_total_bytes.max(0) as u64,
     }
 }
 

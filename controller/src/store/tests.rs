@@ -31,6 +31,8 @@ fn report(worker: &str, id: &str, state: &str, generation: u64) -> InstanceRepor
         state: state.into(),
         message: String::new(),
         generation,
+        pull_done_bytes: 0,
+        pull_total_bytes: 0,
     }
 }
 

@@ -13,6 +13,9 @@ pub struct InstanceReportIn {
     pub state: String,
     pub message: String,
     pub generation: u64,
+    /// Image pull progress while starting (bytes; 0/0 when not pulling).
+    pub pull_done_bytes: u64,
+    pub pull_total_bytes: u64,
 }
 
 fn new_worker_id() -> String {
@@ -107,13 +110,14 @@ impl Store {
             if !STATES.contains(&r.state.as_str()) {
                 continue;
             }
-            let row: Option<(Option<String>, String, String, i64)> = sqlx::query_as(
-                "SELECT worker_id, state, message, generation FROM instances WHERE id = ?",
+            let row: Option<(Option<String>, String, String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT worker_id, state, message, generation, pull_done_bytes, \
+                 pull_total_bytes FROM instances WHERE id = ?",
             )
             .bind(&r.instance_id)
             .fetch_optional(&mut *w.tx)
             .await?;
-            let Some((worker_id, state, message, generation)) = row else {
+            let Some((worker_id, state, message, generation, done, total)) = row else {
                 tracing::debug!(instance = %r.instance_id, "report for unknown instance ignored");
                 continue;
             };
@@ -126,15 +130,24 @@ impl Store {
                 tracing::debug!(instance = %r.instance_id, "report for an older generation ignored");
                 continue;
             }
-            if state == r.state && message == r.message {
+            let (r_done, r_total) = (
+                i64::try_from(r.pull_done_bytes).unwrap_or(i64::MAX),
+                i64::try_from(r.pull_total_bytes).unwrap_or(i64::MAX),
+            );
+            if state == r.state && message == r.message && (done, total) == (r_done, r_total) {
                 continue;
             }
-            sqlx::query("UPDATE instances SET state = ?, message = ? WHERE id = ?")
-                .bind(&r.state)
-                .bind(&r.message)
-                .bind(&r.instance_id)
-                .execute(&mut *w.tx)
-                .await?;
+            sqlx::query(
+                "UPDATE instances SET state = ?, message = ?, pull_done_bytes = ?, \
+                 pull_total_bytes = ? WHERE id = ?",
+            )
+            .bind(&r.state)
+            .bind(&r.message)
+            .bind(r_done)
+            .bind(r_total)
+            .bind(&r.instance_id)
+            .execute(&mut *w.tx)
+            .await?;
             if state != r.state {
                 tracing::info!(instance = %r.instance_id, from = %state, to = %r.state, "instance state changed");
                 changed += 1;
