@@ -59,18 +59,68 @@ fn join(mount: &Path, cgroup_path: &Path) -> PathBuf {
     mount.join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path))
 }
 
+/// The controllers' mount points, found once per process: parsing
+/// `/proc/self/mountinfo` for each of them on every lookup cost milliseconds per
+/// sandbox operation. (Cgroup hierarchies are not remounted under a running worker.)
+#[derive(Debug, Clone)]
+enum Mounts {
+    Unified(PathBuf),
+    V1 {
+        memory: PathBuf,
+        pids: Option<PathBuf>,
+        freezer: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
+        all: Vec<PathBuf>,
+    },
+}
+
+static MOUNTS: std::sync::Mutex<Option<Mounts>> = std::sync::Mutex::new(None);
+
+fn mounts() -> Result<Mounts, CgroupError> {
+    let mut cached = MOUNTS.lock().expect("cgroup mounts lock poisoned");
+    if let Some(m) = cached.as_ref() {
+        return Ok(m.clone());
+    }
+    let m = find_mounts()?;
+    *cached = Some(m.clone());
+    Ok(m)
+}
+
+fn find_mounts() -> Result<Mounts, CgroupError> {
+    let setup = get_cgroup_setup().map_err(|e| CgroupError::Setup(e.to_string()))?;
+    match setup {
+        CgroupSetup::Unified => libcgroups::v2::util::get_unified_mount_point()
+            .map(Mounts::Unified)
+            .map_err(|e| CgroupError::MountPoint {
+                controller: "unified",
+                message: e.to_string(),
+            }),
+        CgroupSetup::Legacy | CgroupSetup::Hybrid => {
+            let mount_of = |controller: ControllerType| {
+                libcgroups::v1::util::get_subsystem_mount_point(&controller)
+            };
+            let memory = mount_of(ControllerType::Memory).map_err(|e| CgroupError::MountPoint {
+                controller: "memory",
+                message: e.to_string(),
+            })?;
+            Ok(Mounts::V1 {
+                memory,
+                pids: mount_of(ControllerType::Pids).ok(),
+                freezer: mount_of(ControllerType::Freezer).ok(),
+                cpuacct: mount_of(ControllerType::CpuAcct).ok(),
+                all: libcgroups::v1::util::list_subsystem_mount_points()
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
+            })
+        }
+    }
+}
+
 impl SandboxCgroup {
     /// Locates the cgroup at `cgroup_path` (e.g. `/berth/<site>/<id>`).
     pub fn locate(cgroup_path: &Path) -> Result<Self, CgroupError> {
-        let setup = get_cgroup_setup().map_err(|e| CgroupError::Setup(e.to_string()))?;
-        match setup {
-            CgroupSetup::Unified => {
-                let mount = libcgroups::v2::util::get_unified_mount_point().map_err(|e| {
-                    CgroupError::MountPoint {
-                        controller: "unified",
-                        message: e.to_string(),
-                    }
-                })?;
+        match mounts()? {
+            Mounts::Unified(mount) => {
                 let dir = join(&mount, cgroup_path);
                 Ok(Self {
                     procs_dir: dir.clone(),
@@ -81,40 +131,31 @@ impl SandboxCgroup {
                     unified: true,
                 })
             }
-            CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-                let mount_of = |controller: ControllerType, name: &'static str| {
-                    libcgroups::v1::util::get_subsystem_mount_point(&controller).map_err(|e| {
-                        CgroupError::MountPoint {
-                            controller: name,
-                            message: e.to_string(),
-                        }
-                    })
-                };
-                let memory = join(&mount_of(ControllerType::Memory, "memory")?, cgroup_path);
-                let procs = mount_of(ControllerType::Pids, "pids")
+            Mounts::V1 {
+                memory,
+                pids,
+                freezer,
+                cpuacct,
+                all,
+            } => {
+                let memory = join(&memory, cgroup_path);
+                let procs = pids
                     .map(|m| join(&m, cgroup_path))
-                    .unwrap_or_else(|_| memory.clone());
-                let mut all_dirs: Vec<PathBuf> =
-                    libcgroups::v1::util::list_subsystem_mount_points()
-                        .map(|mounts| mounts.iter().map(|m| join(m, cgroup_path)).collect())
-                        .unwrap_or_default();
+                    .unwrap_or_else(|| memory.clone());
+                let mut all_dirs: Vec<PathBuf> = all.iter().map(|m| join(m, cgroup_path)).collect();
                 for d in [&memory, &procs] {
                     if !all_dirs.contains(d) {
                         all_dirs.push(d.clone());
                     }
                 }
-                let freezer_dir = mount_of(ControllerType::Freezer, "freezer")
-                    .ok()
-                    .map(|m| join(&m, cgroup_path));
-                let cpu_dir = mount_of(ControllerType::CpuAcct, "cpuacct")
-                    .map(|m| join(&m, cgroup_path))
-                    .unwrap_or_else(|_| memory.clone());
                 Ok(Self {
                     procs_dir: procs,
+                    cpu_dir: cpuacct
+                        .map(|m| join(&m, cgroup_path))
+                        .unwrap_or_else(|| memory.clone()),
                     memory_dir: memory,
-                    cpu_dir,
                     all_dirs,
-                    freezer_dir,
+                    freezer_dir: freezer.map(|m| join(&m, cgroup_path)),
                     unified: false,
                 })
             }

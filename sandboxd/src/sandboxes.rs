@@ -71,6 +71,12 @@ pub enum SandboxError {
     },
     #[error("stopping sandbox {id}: {message}")]
     Stop { id: String, message: String },
+    #[error("telling the init of sandbox {id} to start (its notify socket): {source}: the sandbox was probably killed; delete and create it again")]
+    Notify {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("sandbox {id}: {source}")]
@@ -129,6 +135,8 @@ pub struct Sandboxes {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// OOM kills already reported, per id.
     oom_seen: Mutex<HashMap<String, u64>>,
+    /// Bumped whenever a sandbox stops or is deleted: what [`Sandboxes::wait`] waits on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// State letter and start time (clock ticks since boot) of a process, from
@@ -194,6 +202,7 @@ impl Sandboxes {
             records: Mutex::new(records),
             locks: Mutex::new(HashMap::new()),
             oom_seen: Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
         });
         this.update_gauge();
         for (id, pid) in adopted {
@@ -316,7 +325,10 @@ impl Sandboxes {
             .filter(|r| r.status == Status::Running)
             .count();
         self.metrics.running.set(running as i64);
-        self.store.save(&records)
+        let saved = self.store.save(&records);
+        drop(records);
+        self.changes.send_modify(|n| *n += 1);
+        saved
     }
 
     fn update_gauge(&self) {
@@ -523,18 +535,11 @@ impl Sandboxes {
             }
             Status::Created => {}
         }
-        let result = helper::run(
-            &self.exe,
-            &HelperRequest::Start {
-                id: id.to_string(),
-                state_root: self.layout.containers.clone(),
-            },
-            &self.reaper,
-        )
-        .await;
-        if let Err(source) = result {
+        // libcontainer's `start` is one message on the init's notify socket; sent from
+        // here it needs no helper process (the helper costs an exec and a state load).
+        if let Err(source) = notify_start(&self.layout.containers.join(id)).await {
             self.metrics.failures.inc();
-            return Err(SandboxError::Helper {
+            return Err(SandboxError::Notify {
                 id: id.to_string(),
                 source,
             });
@@ -678,29 +683,36 @@ impl Sandboxes {
         self.metrics.pids.remove(&labels);
     }
 
-    /// Removes libcontainer state (and with it the cgroups), leftover cgroup
-    /// directories and the bundle.
+    /// Removes the sandbox's cgroups, libcontainer state and bundle. With the cgroup
+    /// path known (every recorded sandbox) and the processes gone, that is a few
+    /// `rmdir`s done here; otherwise (stale state of a crashed create, nested cgroups
+    /// made inside) libcontainer's delete runs in a helper.
     async fn remove_container(
         &self,
         id: &str,
         cgroup_path: Option<&Path>,
     ) -> Result<(), SandboxError> {
-        helper::run(
-            &self.exe,
-            &HelperRequest::Delete {
+        let cgroup = cgroup_path.and_then(|p| SandboxCgroup::locate(p).ok());
+        let removed_here = cgroup.as_ref().is_some_and(|c| {
+            c.remove_leftovers();
+            c.existing_dirs().is_empty()
+        });
+        if !removed_here {
+            helper::run(
+                &self.exe,
+                &HelperRequest::Delete {
+                    id: id.to_string(),
+                    state_root: self.layout.containers.clone(),
+                },
+                &self.reaper,
+            )
+            .await
+            .map_err(|source| SandboxError::Helper {
                 id: id.to_string(),
-                state_root: self.layout.containers.clone(),
-            },
-            &self.reaper,
-        )
-        .await
-        .map_err(|source| SandboxError::Helper {
-            id: id.to_string(),
-            source,
-        })?;
-        if let Some(path) = cgroup_path {
-            if let Ok(cgroup) = SandboxCgroup::locate(path) {
-                cgroup.remove_leftovers();
+                source,
+            })?;
+            if let Some(c) = &cgroup {
+                c.remove_leftovers();
             }
         }
         for dir in [
@@ -722,6 +734,23 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// Waits until the sandbox's process has exited; its record then.
+    pub async fn wait(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        validate::id(id)?;
+        let mut changes = self.changes.subscribe();
+        loop {
+            let record = self
+                .get_record(id)
+                .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+            if record.status == Status::Stopped {
+                return Ok(record.info());
+            }
+            if changes.changed().await.is_err() {
+                return Err(SandboxError::NotFound(id.to_string()));
+            }
+        }
+    }
+
     /// One sandbox.
     pub fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         validate::id(id)?;
@@ -739,6 +768,24 @@ impl Sandboxes {
             .map(Record::info)
             .collect()
     }
+}
+
+/// libcontainer's start message to a created init, on `<container_dir>/notify.sock`.
+/// The socket is reached through `/proc/self/fd/<dir>/notify.sock`, which stays
+/// under the 108-byte limit of socket paths whatever the state directory's length,
+/// without the `chdir` libcontainer uses (this process is multi-threaded).
+async fn notify_start(container_dir: &Path) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dir = std::fs::File::open(container_dir)?;
+    let path = format!(
+        "/proc/self/fd/{}/notify.sock",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    );
+    let mut stream = tokio::net::UnixStream::connect(&path).await?;
+    drop(dir);
+    // The init reads to end of file.
+    stream.write_all(b"start container").await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]

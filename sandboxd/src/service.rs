@@ -102,6 +102,15 @@ impl SandboxesApi for SandboxesService {
     }
 
     #[instrument(skip_all, fields(sandbox = %request.get_ref().id))]
+    async fn wait(&self, request: Request<SandboxId>) -> Result<Response<SandboxInfo>, Status> {
+        self.sandboxes
+            .wait(&request.get_ref().id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    #[instrument(skip_all, fields(sandbox = %request.get_ref().id))]
     async fn stats(&self, request: Request<SandboxId>) -> Result<Response<SandboxStats>, Status> {
         let (record, usage) = self
             .sandboxes

@@ -362,6 +362,18 @@ async fn sandbox_lifecycle() {
     let list = client.list(ListRequest {}).await.unwrap().into_inner();
     assert_eq!(list.sandboxes.len(), 1);
 
+    // Wait returns once the process is gone, not before.
+    let mut waiter_client = client.clone();
+    let waiter_id = id.clone();
+    let waiter = tokio::spawn(async move {
+        waiter_client
+            .wait(SandboxId { id: waiter_id })
+            .await
+            .map(|r| r.into_inner())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "Wait returned while the sandbox runs");
+
     // sh as pid 1 ignores SIGTERM: killed after the grace period.
     let t = Instant::now();
     let stopped = client
@@ -381,6 +393,13 @@ async fn sandbox_lifecycle() {
     assert_eq!(stopped.exit_code, 128 + 9);
     assert!(!stopped.oom_killed);
     assert!(!alive(pid), "init {pid} survived Stop");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("Wait returned after the stop")
+        .unwrap()
+        .expect("Wait succeeded");
+    assert_eq!(waited.status, SandboxStatus::Stopped as i32);
+    assert_eq!(waited.exit_code, 128 + 9);
     let procs = std::fs::read_to_string(memcg.join("cgroup.procs")).unwrap_or_default();
     assert!(
         procs.trim().is_empty(),
@@ -398,6 +417,8 @@ async fn sandbox_lifecycle() {
     assert!(!dir.join("state/containers").join(&id).exists());
     client.delete(SandboxId { id: id.clone() }).await.unwrap();
     let err = client.get(SandboxId { id: id.clone() }).await.unwrap_err();
+    let werr = client.wait(SandboxId { id: id.clone() }).await.unwrap_err();
+    assert_eq!(werr.code(), tonic::Code::NotFound, "{werr}");
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // An app that handles SIGTERM exits within the grace period with its own code;

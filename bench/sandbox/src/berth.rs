@@ -18,8 +18,8 @@ pub const SITE: &str = "bench-berth";
 pub struct Berth {
     pub client: SandboxesClient<Channel>,
     pub target: Target,
-    /// How often Get is polled while waiting for the process to exit: the API has
-    /// no wait call.
+    /// How often Get is polled while waiting for the process to exit; zero: the
+    /// Wait call instead.
     pub poll: Duration,
 }
 
@@ -38,21 +38,38 @@ impl Berth {
             .await
             .with_context(|| format!("berth start {id}"))?;
         let t2 = Instant::now();
-        let code = loop {
-            let info = self
-                .client
-                .get(SandboxId { id: id.into() })
-                .await
-                .with_context(|| format!("berth get {id}"))?
-                .into_inner();
-            if info.status() == SandboxStatus::Stopped {
-                break info.exit_code;
-            }
+        let code = if self.poll.is_zero() {
+            let info = tokio::time::timeout(
+                Duration::from_secs(30),
+                self.client.wait(SandboxId { id: id.into() }),
+            )
+            .await
+            .with_context(|| format!("berth sandbox {id} still not stopped after 30 s"))?
+            .with_context(|| format!("berth wait {id}"))?
+            .into_inner();
             ensure!(
-                t2.elapsed() < Duration::from_secs(30),
-                "berth sandbox {id} still not stopped after 30 s"
+                info.status() == SandboxStatus::Stopped,
+                "berth wait {id} returned status {:?}",
+                info.status()
             );
-            tokio::time::sleep(self.poll).await;
+            info.exit_code
+        } else {
+            loop {
+                let info = self
+                    .client
+                    .get(SandboxId { id: id.into() })
+                    .await
+                    .with_context(|| format!("berth get {id}"))?
+                    .into_inner();
+                if info.status() == SandboxStatus::Stopped {
+                    break info.exit_code;
+                }
+                ensure!(
+                    t2.elapsed() < Duration::from_secs(30),
+                    "berth sandbox {id} still not stopped after 30 s"
+                );
+                tokio::time::sleep(self.poll).await;
+            }
         };
         let t3 = Instant::now();
         self.client

@@ -46,8 +46,9 @@ struct Args {
     /// Iterations of the helper profile (0 skips it).
     #[arg(long, default_value_t = 50)]
     profile_iterations: usize,
-    /// Interval between Get polls while waiting for Berth's process to exit, in µs.
-    #[arg(long, default_value_t = 250)]
+    /// Wait for Berth's process to exit by polling Get at this interval (µs) instead
+    /// of the Wait call (0, the default).
+    #[arg(long, default_value_t = 0)]
     poll_us: u64,
     /// The berth-sandboxd binary [default: next to this binary].
     #[arg(long)]
