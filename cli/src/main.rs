@@ -61,6 +61,14 @@ enum Cmd {
         /// 7702 relative to its gRPC port 7701).
         #[arg(long, requires = "join", value_name = "URL")]
         fsd: Option<String>,
+        /// PEM file of CA certificates trusted for HTTPS registries (given to the
+        /// controller and the agent as --registry-ca).
+        #[arg(long, value_name = "FILE")]
+        registry_ca: Option<PathBuf>,
+        /// Disk the worker's image store may use before unused images are removed
+        /// (the agent's --image-budget, e.g. 10GiB).
+        #[arg(long, value_name = "SIZE")]
+        image_budget: Option<String>,
     },
     /// Manage sites.
     #[command(subcommand)]
@@ -208,6 +216,8 @@ async fn run(cli: Cli) -> Result<()> {
             restart_delay,
             join,
             fsd,
+            registry_ca,
+            image_budget,
         } => {
             let exe = std::env::current_exe().context("finding the berth binary")?;
             let bin_dir = exe
@@ -224,6 +234,13 @@ async fn run(cli: Cli) -> Result<()> {
                 worker_name,
                 restart_delay: Duration::from_secs_f64(restart_delay),
                 bin_dir,
+                registry_ca: registry_ca
+                    .map(|p| {
+                        std::fs::canonicalize(&p)
+                            .with_context(|| format!("--registry-ca {}", p.display()))
+                    })
+                    .transpose()?,
+                image_budget,
                 join: match join {
                     None => None,
                     Some(controller) => Some(up::Join {

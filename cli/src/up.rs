@@ -29,6 +29,10 @@ pub struct UpConfig {
     pub bin_dir: PathBuf,
     /// Join an existing Berth as one more web worker instead of starting a whole unit.
     pub join: Option<Join>,
+    /// CA certificates (PEM) for HTTPS registries: the controller's and agent's --registry-ca.
+    pub registry_ca: Option<PathBuf>,
+    /// The agent's --image-budget (e.g. `10GiB`); its default when `None`.
+    pub image_budget: Option<String>,
 }
 
 /// Where a joining worker finds the rest of its unit.
@@ -250,7 +254,10 @@ pub async fn run(cfg: UpConfig) -> Result<()> {
                 cfg.domain.clone(),
                 s("--public-url-base"),
                 public.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(registry_ca_args(&cfg))
+            .collect(),
             Ready::Tcp(ports.api),
         ),
         mk(
@@ -377,7 +384,15 @@ fn worker_daemons(
                 st.join("agent").display().to_string(),
                 s("--name"),
                 s(worker),
-            ],
+            ]
+            .into_iter()
+            .chain(registry_ca_args(cfg))
+            .chain(
+                cfg.image_budget
+                    .iter()
+                    .flat_map(|b| [s("--image-budget"), b.clone()]),
+            )
+            .collect(),
             Ready::Tcp(ports.ingress),
         ),
     ]
@@ -508,4 +523,12 @@ fn supervise(d: &mut Daemon, base_delay: Duration) {
             }
         }
     }
+}
+
+/// `--registry-ca FILE` for the controller and the agent, when `berth up` got one.
+fn registry_ca_args(cfg: &UpConfig) -> Vec<String> {
+    cfg.registry_ca
+        .iter()
+        .flat_map(|p| ["--registry-ca".to_string(), p.display().to_string()])
+        .collect()
 }
