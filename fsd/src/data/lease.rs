@@ -231,6 +231,7 @@ impl Leases {
                 Some(version) => self.update_mode(version),
                 None => PutMode::Overwrite,
             };
+            let renewal_started = Instant::now();
             match self.write(&volume, mode, h.counter + 1).await {
                 Ok(new) => {
                     if let Some(entry) = self
@@ -243,14 +244,59 @@ impl Leases {
                     }
                 }
                 Err(FsError::Unavailable(reason)) => {
-                    tracing::error!(volume, reason, "volume lease lost");
-                    self.drop_lease(&volume);
+                    match self.renewed_anyway(&volume, &h, renewal_started).await {
+                        Some(new) => {
+                            tracing::info!(
+                                volume,
+                                "lease renewal was refused but had already been written \
+                             (response lost, request retried); keeping the lease"
+                            );
+                            if let Some(entry) = self
+                                .held
+                                .lock()
+                                .expect("lease table lock poisoned")
+                                .get_mut(&volume)
+                            {
+                                *entry = new;
+                            }
+                        }
+                        None => {
+                            tracing::error!(volume, reason, "volume lease lost");
+                            self.drop_lease(&volume);
+                        }
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(volume, error = %err, "renewing volume lease failed; will retry")
                 }
             }
         }
+    }
+
+    /// After a refused renewal: whether the lease object holds exactly the renewal this
+    /// server tried to write. That happens when the store applied the conditional PUT
+    /// but its answer was lost (an S3 server killed mid-request) and the HTTP client
+    /// sent it again, which then fails its `If-Match`. Nobody else can have taken
+    /// the volume over since: a taker writes its own id. Valid for a ttl from the
+    /// start of the renewal, as any renewal.
+    async fn renewed_anyway(
+        &self,
+        volume: &str,
+        h: &Held,
+        renewal_started: Instant,
+    ) -> Option<Held> {
+        let result = self.objects.store.get(&lease_path(volume)).await.ok()?;
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let raw = result.bytes().await.ok()?;
+        let body: LeaseBody = serde_json::from_slice(&raw).ok()?;
+        (body.owner == self.owner && body.counter == h.counter + 1).then(|| Held {
+            valid_until: renewal_started + self.ttl,
+            counter: body.counter,
+            version: Some(version),
+        })
     }
 
     /// Renews held leases every ttl / 3 until the task is dropped.

@@ -172,8 +172,10 @@ impl Objects {
         .await
     }
 
-    /// Writes an object that must not exist yet. `Ok(false)` if it exists. Stores
-    /// without conditional put get a check-then-write (racy; see home-semantics.md).
+    /// Writes an object that must not exist yet. `Ok(false)` if another object of
+    /// that name exists (one with the very same bytes counts as this write's own
+    /// earlier, answer-lost attempt: `Ok(true)`). Stores without conditional put get a
+    /// check-then-write (racy; see home-semantics.md).
     pub async fn put_new(&self, path: &ObjectPath, bytes: Bytes) -> FsResult<bool> {
         if !self.conditional_put {
             if self.get(path).await?.is_some() {
@@ -195,7 +197,16 @@ impl Objects {
         match result {
             Ok(_) => Ok(true),
             Err(FsError::Store(object_store::Error::AlreadyExists { .. }))
-            | Err(FsError::Store(object_store::Error::Precondition { .. })) => Ok(false),
+            | Err(FsError::Store(object_store::Error::Precondition { .. })) => {
+                // A PUT the store applied but whose answer was lost (the S3 server was
+                // killed mid-request) is sent again by the retries and then finds its
+                // own object. Same bytes: it is ours, the write succeeded.
+                let ours = self.get(path).await?.is_some_and(|found| found == bytes);
+                if ours {
+                    tracing::info!(%path, "create-only put found its own earlier attempt");
+                }
+                Ok(ours)
+            }
             Err(err) => Err(err),
         }
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod weed;
+
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct Server {
     pub state: PathBuf,
     /// Extra `serve` arguments.
     pub extra: Vec<String>,
+    /// Extra environment of `serve` (S3 credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -50,6 +54,7 @@ impl Server {
             store: root.join("store"),
             state: root.join("state"),
             extra: Vec::new(),
+            env: Vec::new(),
         };
         server.spawn();
         server
@@ -57,13 +62,25 @@ impl Server {
 
     /// A server on the object store `store` with its own state dir and extra args.
     pub fn start_on(store: &Path, state: &Path, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::start_with(store, state, &extra, &[])
+    }
+
+    /// Like [`Server::start_on`], with extra environment variables too.
+    pub fn start_with(
+        store: &Path,
+        state: &Path,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Server {
         let mut server = Server {
             child: None,
             port: free_port(),
             metrics_port: free_port(),
             store: store.to_path_buf(),
             state: state.to_path_buf(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra.to_vec(),
+            env: env.to_vec(),
         };
         server.spawn();
         server
@@ -84,6 +101,7 @@ impl Server {
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null());
         cmd
     }
