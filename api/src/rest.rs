@@ -68,6 +68,9 @@ pub struct Site {
     pub hostname: String,
     pub url: String,
     pub env: std::collections::BTreeMap<String, String>,
+    /// `/home` is copied to each instance's worker before it starts (see CreateSite).
+    #[serde(default)]
+    pub local_cache: bool,
     pub created_at: String,
     pub instance_states: Vec<Instance>,
 }

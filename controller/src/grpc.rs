@@ -232,8 +232,7 @@ async fn assignments(ctx: &Controller, worker_id: &str) -> Result<(u64, Assignme
             health_path: HEALTH_PATH.to_string(),
             id_base: a.id_base,
             id_count: if a.id_base == 0 { 0 } else { ID_RANGE_SIZE },
-            // local_cache: filled in by the local cache commit.
-            ..Default::default()
+            local_cache: a.local_cache,
         })
         .collect();
     Ok((

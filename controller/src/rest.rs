@@ -120,6 +120,7 @@ fn to_site(ctx: &Controller, s: SiteRecord) -> Site {
         instances: s.instances,
         port: s.port,
         env: s.env,
+        local_cache: s.local_cache,
         created_at: s.created_at,
         instance_states: s
             .instance_states
@@ -165,6 +166,7 @@ async fn create_site(
         env: v.env,
         insecure_registry: insecure,
         registry_auth: v.registry_auth,
+        local_cache: v.local_cache,
     };
     let record = ctx.store.create_site(&new, &|w| ctx.is_live(w)).await?;
     tracing::info!(digest = %record.image_digest, instances = record.instances, "site created");

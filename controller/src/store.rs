@@ -79,6 +79,7 @@ pub struct SiteRecord {
     pub env: BTreeMap<String, String>,
     pub insecure_registry: bool,
     pub registry_auth: String,
+    pub local_cache: bool,
     pub created_at: String,
     pub generation: u64,
     pub instance_states: Vec<InstanceRecord>,
@@ -95,6 +96,7 @@ pub struct NewSite {
     pub env: BTreeMap<String, String>,
     pub insecure_registry: bool,
     pub registry_auth: String,
+    pub local_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

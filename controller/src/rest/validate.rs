@@ -21,6 +21,7 @@ pub struct ValidCreate {
     pub env: BTreeMap<String, String>,
     pub insecure_registry: Option<bool>,
     pub registry_auth: String,
+    pub local_cache: bool,
 }
 
 pub fn instances(n: i64) -> Result<u32, ApiFailure> {
@@ -88,6 +89,7 @@ pub fn create(req: CreateSite) -> Result<ValidCreate, ApiFailure> {
         env: req.env,
         insecure_registry: req.insecure_registry,
         registry_auth,
+        local_cache: req.local_cache,
     })
 }
 
@@ -104,6 +106,7 @@ mod tests {
             port: None,
             insecure_registry: None,
             registry_auth: None,
+            local_cache: false,
         }
     }
 

@@ -27,6 +27,7 @@ struct SiteRow {
     env: String,
     insecure_registry: bool,
     registry_auth: String,
+    local_cache: bool,
     created_at: String,
     generation: i64,
 }
@@ -45,7 +46,7 @@ struct InstanceRow {
 }
 
 const SITE_COLUMNS: &str = "name, image, image_digest, instances, port, env, \
-    insecure_registry, registry_auth, created_at, generation";
+    insecure_registry, registry_auth, local_cache, created_at, generation";
 
 const INSTANCE_SELECT: &str = "SELECT i.id, i.site, i.worker_id, w.name AS worker_name, \
     i.state, i.message, i.generation, i.pull_done_bytes, i.pull_total_bytes \
@@ -66,6 +67,7 @@ fn to_record(row: SiteRow, instances: Vec<InstanceRecord>) -> Result<SiteRecord,
         env,
         insecure_registry: row.insecure_registry,
         registry_auth: row.registry_auth,
+        local_cache: row.local_cache,
         created_at: row.created_at,
         generation: row.generation as u64,
         instance_states: instances,
@@ -135,8 +137,8 @@ impl Store {
         let env = serde_json::to_string(&site.env).expect("a map of strings serializes");
         let inserted = sqlx::query(
             "INSERT INTO sites (name, image, image_digest, instances, port, env, \
-             insecure_registry, registry_auth, created_at, generation) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), 1) \
+             insecure_registry, registry_auth, local_cache, created_at, generation) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), 1) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&site.name)
@@ -147,6 +149,7 @@ impl Store {
         .bind(env)
         .bind(site.insecure_registry)
         .bind(&site.registry_auth)
+        .bind(site.local_cache)
         .execute(&mut *w.tx)
         .await?;
         if inserted.rows_affected() == 0 {

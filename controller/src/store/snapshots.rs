@@ -18,6 +18,7 @@ pub struct AssignmentRow {
     pub generation: u64,
     /// First host id of the site's user-namespace range (0 if it has none).
     pub id_base: u32,
+    pub local_cache: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -31,6 +32,7 @@ struct AssignmentDbRow {
     port: i64,
     generation: i64,
     id_base: Option<i64>,
+    local_cache: bool,
 }
 
 /// A ready instance of a site and the worker it runs on.
@@ -60,7 +62,7 @@ impl Store {
             .await?;
         let rows: Vec<AssignmentDbRow> = sqlx::query_as(
             "SELECT i.id AS instance_id, s.name AS site, s.image_digest, s.registry_auth, \
-             s.insecure_registry, s.env, s.port, i.generation, r.host_id AS id_base \
+             s.insecure_registry, s.env, s.port, i.generation, r.host_id AS id_base, s.local_cache \
              FROM instances i JOIN sites s ON s.name = i.site \
              LEFT JOIN id_ranges r ON r.site = s.name WHERE i.worker_id = ? ORDER BY i.id",
         )
@@ -84,6 +86,7 @@ impl Store {
                 port: r.port as u32,
                 generation: r.generation as u64,
                 id_base: r.id_base.unwrap_or(0) as u32,
+                local_cache: r.local_cache,
             });
         }
         Ok((rev as u64, out))

@@ -21,6 +21,7 @@ fn site(name: &str, instances: u32) -> NewSite {
         env: BTreeMap::from([("K".to_string(), "v".to_string())]),
         insecure_registry: true,
         registry_auth: String::new(),
+        local_cache: false,
     }
 }
 
@@ -224,4 +225,25 @@ async fn each_site_gets_one_id_range_on_every_worker_kept_across_delete() {
         FIRST_HOST_ID + 2 * ID_RANGE_SIZE,
         "a new name never gets a deleted site's range"
     );
+}
+
+#[tokio::test]
+async fn local_cache_is_kept_and_sent_with_assignments() {
+    let (_d, s) = store().await;
+    let w = s
+        .register_worker("w1", "127.0.0.1:1", 0, 1024, NONE_LIVE)
+        .await
+        .unwrap();
+    let cached = NewSite {
+        local_cache: true,
+        ..site("cached", 1)
+    };
+    assert!(s.create_site(&cached, ALL_LIVE).await.unwrap().local_cache);
+    s.create_site(&site("shared", 1), ALL_LIVE).await.unwrap();
+    assert!(s.get_site("cached").await.unwrap().unwrap().local_cache);
+    assert!(!s.get_site("shared").await.unwrap().unwrap().local_cache);
+    let (_, a) = s.assignments_for(&w).await.unwrap();
+    let mut flags: Vec<(&str, bool)> = a.iter().map(|r| (r.site.as_str(), r.local_cache)).collect();
+    flags.sort();
+    assert_eq!(flags, [("cached", true), ("shared", false)]);
 }
