@@ -9,7 +9,8 @@
 //! root; and resources under `/berth/<site>/<id>` with every field set so the v1 and
 //! v2 managers of libcgroups apply the same limits.
 //!
-//! It never adds a cgroup namespace, never asks for rlimits above the daemon's own,
+//! A cgroup namespace rooted at the sandbox's own cgroup hides the host's hierarchy
+//! (`/proc/self/cgroup` shows `/`). It never asks for rlimits above the daemon's own,
 //! and never names the network namespace: the helper joins it before libcontainer
 //! creates the user namespace ([`crate::helper`]), because a process inside a new user
 //! namespace may not `setns` into a namespace owned by the host's.
@@ -225,6 +226,7 @@ fn namespaces(userns: bool) -> Result<Vec<LinuxNamespace>, OciSpecError> {
         plain(LinuxNamespaceType::Mount)?,
         plain(LinuxNamespaceType::Uts)?,
         plain(LinuxNamespaceType::Ipc)?,
+        plain(LinuxNamespaceType::Cgroup)?,
     ];
     if userns {
         ns.push(plain(LinuxNamespaceType::User)?);
@@ -305,8 +307,9 @@ fn mounts(
     userns: bool,
     defaults: Vec<Mount>,
 ) -> Result<Vec<Mount>, OciSpecError> {
-    // Keep /proc, /dev, /dev/pts, /dev/shm and /dev/mqueue; drop the cgroup mount (no
-    // cgroup namespace: it would show the host's hierarchy). sysfs can only be
+    // Keep /proc, /dev, /dev/pts, /dev/shm and /dev/mqueue; drop the cgroup mount (the
+    // app has no use for its cgroup files, and on v1 the mount would need one per
+    // controller). sysfs can only be
     // mounted by the owner of the network namespace, which in a user namespace the
     // sandbox is not: there /sys is an empty read-only tmpfs.
     let mut mounts: Vec<Mount> = defaults
@@ -426,7 +429,7 @@ mod tests {
         let ns = linux.namespaces().as_ref().unwrap();
         let types: Vec<_> = ns.iter().map(|n| n.typ()).collect();
         assert!(types.contains(&LinuxNamespaceType::User));
-        assert!(!types.contains(&LinuxNamespaceType::Cgroup));
+        assert!(types.contains(&LinuxNamespaceType::Cgroup));
         // The helper joins the network namespace before libcontainer runs.
         assert!(!types.contains(&LinuxNamespaceType::Network));
         let uid_map = &linux.uid_mappings().as_ref().unwrap()[0];

@@ -252,8 +252,12 @@ void case_sys_write(void)
 void case_cgroup_parent(void)
 {
     char cg[4096];
-    if (slurp("/proc/self/cgroup", cg, sizeof cg) > 0)
+    if (slurp("/proc/self/cgroup", cg, sizeof cg) > 0) {
         evidence("/proc/self/cgroup: %.200s", cg);
+        /* Own cgroup namespace: the sandbox's cgroup is its root, "/". */
+        if (strstr(cg, "/berth") != NULL)
+            escaped("/proc/self/cgroup shows the host's cgroup hierarchy (no cgroup namespace)");
+    }
     const char *roots[] = {"/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids",
                            "/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu"};
     for (size_t i = 0; i < sizeof roots / sizeof *roots; i++) {
