@@ -61,3 +61,58 @@ fn static_stack_serves_home_site_wwwroot() {
     assert_eq!(r.text().unwrap(), "hello from /home\n");
     u.berth_ok(&["sites", "delete", "web"]);
 }
+
+/// The `python` stack (stacks/python/build.sh: debootstrap minbase + Debian's python3,
+/// about 2 minutes to build) as a real Berth site: its placeholder page from
+/// `python3 -m http.server`, then an `app.py` written into `/home/site/wwwroot` and run
+/// by a new instance on `$PORT`.
+#[test]
+fn python_stack_serves_placeholder_then_app_py() {
+    require_root();
+    let reg = Registry::start();
+    let out = Command::new(workspace_root().join("stacks/python/build.sh"))
+        .arg("stacks/python:3")
+        .arg(reg.addr.to_string())
+        .output()
+        .expect("running stacks/python/build.sh");
+    assert!(
+        out.status.success(),
+        "stacks/python/build.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = format!("{}/stacks/python:3", reg.addr);
+    let u = Unit::up(6.0);
+    u.berth_ok(&["sites", "create", "py", "--image", &image]);
+    let page = u.get("py", "/").unwrap().text().unwrap();
+    assert!(
+        page.contains("berth python stack"),
+        "placeholder page: {page}"
+    );
+
+    let mut root = None;
+    wait_for(
+        Duration::from_secs(10),
+        "the site's wwwroot on the host",
+        || {
+            root = wwwroot(&u);
+            root.is_some()
+        },
+    );
+    std::fs::write(
+        root.unwrap().join("app.py"),
+        "import http.server, os\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(200); self.end_headers(); self.wfile.write(b'app.py on berth\\n')\n\
+         http.server.HTTPServer(('', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    // A new instance runs the app; the old one keeps the placeholder until it goes.
+    u.berth_ok(&["scale", "py", "0"]);
+    u.berth_ok(&["scale", "py", "1"]);
+    let r = u.get("py", "/").unwrap();
+    assert!(r.status().is_success(), "GET /: {}", r.status());
+    assert_eq!(r.text().unwrap(), "app.py on berth\n");
+    u.berth_ok(&["sites", "delete", "py"]);
+}
