@@ -9,7 +9,7 @@
 #
 # The root filesystem is `debootstrap --variant=minbase bookworm` plus python3 from
 # Debian's packages: the only network access is to the Debian package mirror. It takes a
-# few minutes (package downloads + unpacking), so CI does not run it.
+# few minutes (package downloads + unpacking); tests/tests/stacks.rs runs it as a real site.
 #
 # The contract (see stacks/README.md): the site's files live in /home/site/wwwroot; the
 # app listens on $PORT (default 8080). The entrypoint runs, in /home/site/wwwroot:
