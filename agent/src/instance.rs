@@ -48,6 +48,8 @@ pub enum StartError {
     IdRange(#[from] crate::idmap::IdmapError),
     #[error("mounting /home: {0}")]
     Volume(#[from] VolumeError),
+    #[error("{0}")]
+    LocalCache(#[from] crate::localcache::LocalCacheError),
     #[error("creating the network namespace: {0}")]
     Netns(#[from] netns::NetnsError),
     #[error("giving the sandbox its network: {0}")]
@@ -267,7 +269,7 @@ where
         let dir = agent.volumes.acquire(&a.volume).await?;
         run.volume = Some(a.volume.clone());
         Volumes::give_root_to(&dir, range.host_id).await?;
-        Some(dir)
+        Some(crate::localcache::home_for(&a, dir, &run.instance_dir).await?)
     };
     agent.metrics.phase(Phase::Mount, t.elapsed().as_secs_f64());
     check(still_wanted)?;
@@ -280,17 +282,20 @@ where
     });
     let t = Instant::now();
     let log_path = agent.cfg.log_path(&id);
-    let req = spec::create_request(
+    let mut req = spec::create_request(
         &a,
         &image.process,
         &PreparedPaths {
             rootfs: &rootfs,
             netns: &run.netns,
-            home: home.as_deref(),
+            home: home.as_ref().map(|(dir, _)| dir.as_path()),
             log: &log_path,
             id_mapping: Some(id_mapping),
         },
     )?;
+    if home.as_ref().is_some_and(|(_, cached)| *cached) {
+        req.env.push(crate::localcache::READY_ENV.to_string());
+    }
     // A namespace or sandbox of the same id left by a crashed run goes first.
     netns::remove(&run.netns)?;
     stop_and_delete_sandbox(agent, &id).await;

@@ -24,6 +24,7 @@ pub mod idmap;
 pub mod image;
 pub mod ingress;
 pub mod instance;
+pub mod localcache;
 pub mod logtail;
 pub mod metrics;
 pub mod netns;
