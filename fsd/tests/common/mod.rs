@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod weed;
 
 use std::net::TcpListener;
@@ -43,6 +44,8 @@ pub struct Server {
     pub extra: Vec<String>,
     /// Extra environment of `serve` (S3 credentials).
     pub env: Vec<(String, String)>,
+    /// Address to listen on (127.0.0.1 unless a test made another).
+    pub listen_ip: String,
 }
 
 impl Server {
@@ -55,6 +58,7 @@ impl Server {
             state: root.join("state"),
             extra: Vec::new(),
             env: Vec::new(),
+            listen_ip: "127.0.0.1".into(),
         };
         server.spawn();
         server
@@ -73,6 +77,17 @@ impl Server {
         extra: &[String],
         env: &[(String, String)],
     ) -> Server {
+        Server::start_full(store, state, extra, env, "127.0.0.1")
+    }
+
+    /// Like [`Server::start_with`], listening on `listen_ip` (an address of this host).
+    pub fn start_full(
+        store: &Path,
+        state: &Path,
+        extra: &[String],
+        env: &[(String, String)],
+        listen_ip: &str,
+    ) -> Server {
         let mut server = Server {
             child: None,
             port: free_port(),
@@ -81,19 +96,20 @@ impl Server {
             state: state.to_path_buf(),
             extra: extra.to_vec(),
             env: env.to_vec(),
+            listen_ip: listen_ip.to_string(),
         };
         server.spawn();
         server
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.listen_ip, self.port)
     }
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.listen_ip, self.port))
             .arg("--store-dir")
             .arg(&self.store)
             .arg("--state-dir")
@@ -114,7 +130,7 @@ impl Server {
 
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.listen_ip.as_str(), self.port)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("berth-fsd serve exited early with {status}");
             }
@@ -202,8 +218,32 @@ impl Mount {
 
     /// A mount of `url` (one server or several separated by commas).
     pub fn start_url(url: &str, volume: &str, path: &Path) -> Mount {
+        Mount::start_in(url, volume, path, None)
+    }
+
+    /// A mount whose client process runs in network namespace `netns` (a path such
+    /// as `/run/netns/x`): its traffic to the server goes through that namespace, while
+    /// the mount itself appears in this process's mount namespace.
+    pub fn start_in(url: &str, volume: &str, path: &Path, netns: Option<&Path>) -> Mount {
         std::fs::create_dir_all(path).expect("creating mount point");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(netns) = netns {
+            use std::os::fd::{AsRawFd, OwnedFd};
+            use std::os::unix::process::CommandExt;
+            let fd: OwnedFd = std::fs::File::open(netns)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", netns.display()))
+                .into();
+            // SAFETY: setns(2) is async-signal-safe; fd stays open until after spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args([
                 "mount",
                 "--server",

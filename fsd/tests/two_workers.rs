@@ -1,0 +1,374 @@
+//! Two mounts of one volume on two simulated workers (root and /dev/fuse required):
+//! each `berth-fsd mount` client runs in its own network namespace and reaches the
+//! file server over TCP through a veth and a bridge (see `common/netns.rs`).
+//!
+//! - Close-to-open: what one worker wrote and closed, the other sees on its next open,
+//!   round after round, shrinking and growing, new names included.
+//! - `fcntl` locks and `flock` exclude each other across the two workers; a waiting
+//!   `F_SETLKW` is granted when the holder unlocks; a lock goes when its holder
+//!   closes the file or is killed with SIGKILL, not at lease expiry.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::netns::Workers;
+use common::{require_fuse_and_root, volume, Mount, Server};
+
+/// A server on the host's bridge address and a mount in each of two namespaces.
+struct Cluster {
+    // Drop order: mounts, then the server, then the namespaces.
+    a: Mount,
+    b: Mount,
+    _server: Server,
+    workers: Workers,
+    _tmp: tempfile::TempDir,
+}
+
+fn cluster(tag: &str) -> Cluster {
+    require_fuse_and_root();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let workers = Workers::new(2);
+    let server = Server::start_full(
+        &tmp.path().join("store"),
+        &tmp.path().join("state"),
+        &[],
+        &[],
+        &workers.host_ip,
+    );
+    let vol = volume(tag);
+    let a = Mount::start_in(
+        &server.url(),
+        &vol,
+        &tmp.path().join("a"),
+        Some(&workers.netns(0)),
+    );
+    let b = Mount::start_in(
+        &server.url(),
+        &vol,
+        &tmp.path().join("b"),
+        Some(&workers.netns(1)),
+    );
+    // The clients really talk to the server from their namespaces.
+    for i in 0..2 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec"])
+            .arg(workers.netns(i).file_name().unwrap())
+            .args(["ss", "-tnH", "state", "established"])
+            .output()
+            .expect("running ss");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let peer = format!("{}:{}", workers.host_ip, server.port);
+        assert!(
+            text.contains(&peer) && text.contains(&workers.ips[i]),
+            "worker {i} has no connection {} -> {peer}:\n{text}",
+            workers.ips[i]
+        );
+    }
+    Cluster {
+        a,
+        b,
+        _server: server,
+        workers,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn close_to_open_between_two_workers() {
+    let c = cluster("c2o");
+    let (a, b) = (&c.a, &c.b);
+    assert!(c.workers.exec_ok(0, &["true"]));
+
+    // A name the other worker looked up before it existed is found after the create.
+    assert!(fs::metadata(b.join("late")).is_err());
+    fs::write(a.join("late"), b"created on a").unwrap();
+    assert_eq!(fs::read(b.join("late")).unwrap(), b"created on a");
+
+    // Whole-file rewrites, alternating writer, sizes up and down: every open sees the
+    // last close of the other worker.
+    for round in 0..24usize {
+        let (writer, reader) = if round % 2 == 0 { (a, b) } else { (b, a) };
+        let len = [1, 70_000, 5, 4 << 20, 0, 333][round % 6] + round;
+        let body: Vec<u8> = (0..len).map(|i| (i * 3 + round) as u8).collect();
+        let mut f = fs::File::create(writer.join("shared.bin")).unwrap();
+        f.write_all(&body).unwrap();
+        drop(f);
+        let got = fs::read(reader.join("shared.bin")).unwrap();
+        assert!(got.len() == body.len() && got == body, "round {round}");
+    }
+
+    // Appends that follow each other (open, append, close) on alternating workers.
+    let mut expected = String::new();
+    for round in 0..20 {
+        let (writer, name) = if round % 3 == 0 { (b, "b") } else { (a, "a") };
+        let line = format!("{round} from {name}\n");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(writer.join("log.txt"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+        drop(f);
+        expected.push_str(&line);
+        let other = if round % 3 == 0 { a } else { b };
+        let mut got = String::new();
+        fs::File::open(other.join("log.txt"))
+            .unwrap()
+            .read_to_string(&mut got)
+            .unwrap();
+        assert_eq!(got, expected, "after append {round}");
+    }
+
+    // A rename over an existing file on one worker: the other opens the new contents.
+    fs::write(b.join("config"), b"v1").unwrap();
+    assert_eq!(fs::read(a.join("config")).unwrap(), b"v1");
+    fs::write(b.join("config.tmp"), b"v2").unwrap();
+    fs::rename(b.join("config.tmp"), b.join("config")).unwrap();
+    assert_eq!(fs::read(a.join("config")).unwrap(), b"v2");
+}
+
+fn open_rw(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+fn flock_of(kind: i32, start: i64, len: i64) -> libc::flock {
+    // SAFETY: an all-zero flock is valid; the fields are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+/// `F_SETLK` (or `F_SETLKW`); the errno on failure.
+fn setlk(f: &fs::File, cmd: i32, kind: i32, start: i64, len: i64) -> Result<(), i32> {
+    let fl = flock_of(kind, start, len);
+    // SAFETY: fcntl with a valid fd and a pointer to a live flock.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn flock(f: &fs::File, op: i32) -> Result<(), i32> {
+    // SAFETY: flock on a valid fd.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// Which kind of lock a forked holder takes.
+#[derive(Clone, Copy)]
+enum Hold {
+    Fcntl,
+    Flock,
+}
+
+/// Forks a process that opens `path`, takes an exclusive lock on it, says so on a
+/// pipe and sleeps until killed. Only async-signal-safe calls after the fork.
+fn forked_holder(path: &Path, hold: Hold) -> libc::pid_t {
+    let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let fl = flock_of(libc::F_WRLCK, 0, 0);
+    let mut fds = [0; 2];
+    // SAFETY: pipe with a valid two-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: the child only calls async-signal-safe functions and then _exit or
+    // sleeps until SIGKILL.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        unsafe {
+            let fd = libc::open(cpath.as_ptr(), libc::O_RDWR);
+            let ok = fd >= 0
+                && match hold {
+                    Hold::Fcntl => libc::fcntl(fd, libc::F_SETLKW, &fl) == 0,
+                    Hold::Flock => libc::flock(fd, libc::LOCK_EX) == 0,
+                };
+            let msg: u8 = if ok { b'1' } else { b'0' };
+            libc::write(fds[1], &msg as *const u8 as *const libc::c_void, 1);
+            if !ok {
+                libc::_exit(1);
+            }
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let mut msg = 0u8;
+    // SAFETY: reading one byte into a live u8 from our end of the pipe.
+    let n = unsafe { libc::read(fds[0], &mut msg as *mut u8 as *mut libc::c_void, 1) };
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    assert!(n == 1 && msg == b'1', "the forked holder could not lock");
+    pid
+}
+
+/// SIGKILLs and reaps `pid`.
+fn kill9(pid: libc::pid_t) {
+    // SAFETY: signalling and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// Retries `try_lock` until it succeeds; how long that took.
+fn time_until(mut try_lock: impl FnMut() -> Result<(), i32>, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        match try_lock() {
+            Ok(()) => return started.elapsed(),
+            Err(e) if e == libc::EAGAIN || e == libc::EWOULDBLOCK => {}
+            Err(e) => panic!("lock failed with errno {e}"),
+        }
+        assert!(
+            started.elapsed() < limit,
+            "lock not granted within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fcntl_locks_exclude_across_workers_and_go_with_their_holder() {
+    let c = cluster("fcntl");
+    let (a, b) = (&c.a, &c.b);
+    fs::write(a.join("db"), vec![0u8; 4096]).unwrap();
+    let fa = open_rw(&a.join("db"));
+    let fb = open_rw(&b.join("db"));
+    let (set, wait) = (libc::F_SETLK, libc::F_SETLKW);
+
+    // Byte ranges: a write lock on 0..100 on worker a...
+    setlk(&fa, set, libc::F_WRLCK, 0, 100).unwrap();
+    // ...excludes an overlapping lock on worker b, not a disjoint one.
+    assert_eq!(setlk(&fb, set, libc::F_WRLCK, 50, 10), Err(libc::EAGAIN));
+    assert_eq!(setlk(&fb, set, libc::F_RDLCK, 99, 1), Err(libc::EAGAIN));
+    setlk(&fb, set, libc::F_WRLCK, 200, 100).unwrap();
+    // F_GETLK on b names a's lock.
+    let mut probe = flock_of(libc::F_WRLCK, 0, 0);
+    // SAFETY: fcntl F_GETLK with a live flock.
+    assert_eq!(
+        unsafe { libc::fcntl(fb.as_raw_fd(), libc::F_GETLK, &mut probe) },
+        0
+    );
+    assert_eq!(probe.l_type as i32, libc::F_WRLCK, "F_GETLK sees a's lock");
+    assert_eq!((probe.l_start, probe.l_len), (0, 100));
+    setlk(&fb, set, libc::F_UNLCK, 200, 100).unwrap();
+
+    // A blocked F_SETLKW on b is granted once a unlocks.
+    let fb2 = fb.try_clone().unwrap();
+    // The thread hands its descriptor back: closing it would drop the lock (POSIX).
+    let waiter = std::thread::spawn(move || {
+        let got = setlk(&fb2, wait, libc::F_WRLCK, 0, 0);
+        (fb2, got)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiter.is_finished(),
+        "F_SETLKW returned while a held the lock"
+    );
+    let unlocked = Instant::now();
+    setlk(&fa, set, libc::F_UNLCK, 0, 0).unwrap();
+    let (fb2, got) = waiter.join().unwrap();
+    got.expect("F_SETLKW on b");
+    let granted = unlocked.elapsed();
+    eprintln!("F_SETLKW granted {granted:?} after the unlock on the other worker");
+    assert!(granted < Duration::from_secs(2));
+    // Now a cannot lock; closing b's descriptor (POSIX: any of them) frees it.
+    assert_eq!(setlk(&fa, set, libc::F_WRLCK, 0, 1), Err(libc::EAGAIN));
+    drop(fb);
+    drop(fb2);
+    let after_close = time_until(
+        || setlk(&fa, set, libc::F_WRLCK, 0, 0),
+        Duration::from_secs(3),
+    );
+    eprintln!("lock free {after_close:?} after the holder's close");
+    setlk(&fa, set, libc::F_UNLCK, 0, 0).unwrap();
+
+    // A holder on a killed with SIGKILL: b gets the lock within a couple of seconds.
+    let holder = forked_holder(&a.join("db"), Hold::Fcntl);
+    let fb = open_rw(&b.join("db"));
+    assert_eq!(setlk(&fb, set, libc::F_WRLCK, 0, 0), Err(libc::EAGAIN));
+    let killed = Instant::now();
+    kill9(holder);
+    let took = killed.elapsed()
+        + time_until(
+            || setlk(&fb, set, libc::F_WRLCK, 0, 0),
+            Duration::from_secs(3),
+        );
+    eprintln!("fcntl lock free {took:?} after SIGKILL of its holder on the other worker");
+}
+
+#[test]
+fn flock_excludes_across_workers_and_goes_with_its_holder() {
+    let c = cluster("flock");
+    let (a, b) = (&c.a, &c.b);
+    fs::write(a.join("lockfile"), b"").unwrap();
+    let fa = open_rw(&a.join("lockfile"));
+    let fb = open_rw(&b.join("lockfile"));
+    let nb = libc::LOCK_NB;
+
+    flock(&fa, libc::LOCK_EX | nb).unwrap();
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | nb),
+        Err(libc::EWOULDBLOCK),
+        "flock on worker b got a lock worker a holds"
+    );
+    assert_eq!(flock(&fb, libc::LOCK_SH | nb), Err(libc::EWOULDBLOCK));
+    flock(&fa, libc::LOCK_UN).unwrap();
+    flock(&fb, libc::LOCK_SH | nb).unwrap();
+    // Shared locks share, across workers too.
+    flock(&fa, libc::LOCK_SH | nb).unwrap();
+    assert_eq!(flock(&fa, libc::LOCK_EX | nb), Err(libc::EWOULDBLOCK));
+    flock(&fa, libc::LOCK_UN).unwrap();
+    // The lock belongs to the open file: closing it frees it.
+    drop(fb);
+    let after_close = time_until(|| flock(&fa, libc::LOCK_EX | nb), Duration::from_secs(3));
+    eprintln!("flock free {after_close:?} after the holder's close");
+    flock(&fa, libc::LOCK_UN).unwrap();
+
+    // A blocking flock on b waits for a.
+    flock(&fa, libc::LOCK_EX).unwrap();
+    let fb = open_rw(&b.join("lockfile"));
+    let fb2 = fb.try_clone().unwrap();
+    let waiter = std::thread::spawn(move || flock(&fb2, libc::LOCK_EX));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiter.is_finished(),
+        "LOCK_EX on b returned while a held it"
+    );
+    flock(&fa, libc::LOCK_UN).unwrap();
+    waiter.join().unwrap().expect("blocking flock on b");
+    flock(&fb, libc::LOCK_UN).unwrap();
+
+    // A holder on a killed with SIGKILL: b gets the lock within a couple of seconds.
+    let holder = forked_holder(&a.join("lockfile"), Hold::Flock);
+    assert_eq!(flock(&fb, libc::LOCK_EX | nb), Err(libc::EWOULDBLOCK));
+    let killed = Instant::now();
+    kill9(holder);
+    let took =
+        killed.elapsed() + time_until(|| flock(&fb, libc::LOCK_EX | nb), Duration::from_secs(3));
+    eprintln!("flock free {took:?} after SIGKILL of its holder on the other worker");
+}
