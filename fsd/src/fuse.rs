@@ -1,8 +1,9 @@
 //! The FUSE filesystem of `berth-fsd mount`: a thin translator from kernel requests to
 //! `Volumes` calls on the file server.
 //!
-//! The client keeps no file data: writes go to the server as they come (the kernel
-//! page cache is write-through), and `flush`/`release`/`fsync` of a handle that wrote
+//! The client keeps no file data of its own: writes go to the server as they come (the
+//! kernel page cache is write-through and kept across opens while a file's mtime and
+//! size stay the same), attributes are answered from [`AttrCache`] within their TTL, and `flush`/`release`/`fsync` of a handle that wrote
 //! call `Fsync`, so data is durable in object storage when `close` returns. Open
 //! handles remember the server boot id their writes went to: if the server restarted
 //! in between, acknowledged writes may be lost and the next fsync/close reports EIO.
@@ -29,7 +30,7 @@ use fuse3::{Errno, Inode, Result as FuseResult};
 use futures::stream;
 
 pub use attr::Ttls;
-use attr::{file_attr, file_type, may_access, nanos};
+use attr::{file_attr, file_type, may_access, nanos, AttrCache};
 
 use crate::client::FsClient;
 
@@ -37,6 +38,8 @@ use crate::client::FsClient;
 const MAX_WRITE: u32 = 1 << 20;
 /// Most directory entries handed to one readdir call (the kernel buffer holds fewer).
 const LISTING_SLICE: usize = 1024;
+/// `FOPEN_KEEP_CACHE` (linux/fuse.h): keep the file's cached pages across this open.
+const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 /// What an open handle remembers.
 #[derive(Debug)]
@@ -68,6 +71,7 @@ pub struct VolumeFs {
     client: FsClient,
     volume: String,
     ttls: Ttls,
+    attrs: AttrCache,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// This mount's id in the server's lock table.
@@ -90,6 +94,7 @@ impl VolumeFs {
             client,
             volume,
             ttls,
+            attrs: AttrCache::new(ttls.attr),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_id: uuid::Uuid::new_v4().to_string(),
@@ -131,7 +136,12 @@ impl VolumeFs {
         }
     }
 
+    /// Attributes of `ino`, from the [`AttrCache`] when the server sent them within
+    /// the attribute TTL.
     async fn get_attr(&self, ino: u64) -> FuseResult<Attr> {
+        if let Some(attr) = self.attrs.get(ino) {
+            return Ok(attr);
+        }
         let req = self.inode_req(ino);
         let reply = self
             .client
@@ -142,6 +152,7 @@ impl VolumeFs {
             )
             .await
             .map_err(errno)?;
+        self.attrs.put(&reply.value);
         Ok(reply.value)
     }
 
@@ -161,6 +172,7 @@ impl VolumeFs {
             )
             .await
             .map_err(errno)?;
+        self.attrs.put(&reply.value);
         Ok(reply.value)
     }
 
@@ -246,6 +258,7 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         let attr = attr_of(reply.value.attr)?;
+        self.attrs.put(&attr);
         Ok(self.entry(&attr))
     }
 
@@ -289,6 +302,7 @@ impl Filesystem for VolumeFs {
             )
             .await
             .map_err(errno)?;
+        self.attrs.put(&reply.value);
         Ok(ReplyAttr {
             ttl: self.ttls.attr,
             attr: file_attr(&reply.value),
@@ -335,6 +349,7 @@ impl Filesystem for VolumeFs {
             })
             .await
             .map_err(errno)?;
+        self.attrs.clear();
         let attr = attr_of(reply.value.attr)?;
         Ok(self.entry(&attr))
     }
@@ -349,6 +364,7 @@ impl Filesystem for VolumeFs {
             .unary("unlink", req, |mut c, r| async move { c.unlink(r).await })
             .await
             .map_err(errno)?;
+        self.attrs.clear();
         Ok(())
     }
 
@@ -362,6 +378,7 @@ impl Filesystem for VolumeFs {
             .unary("rmdir", req, |mut c, r| async move { c.rmdir(r).await })
             .await
             .map_err(errno)?;
+        self.attrs.clear();
         Ok(())
     }
 
@@ -398,18 +415,29 @@ impl Filesystem for VolumeFs {
             .unary("rename", req, |mut c, r| async move { c.rename(r).await })
             .await
             .map_err(errno)?;
+        self.attrs.clear();
         Ok(())
     }
 
     async fn open(&self, _req: Request, inode: Inode, flags: u32) -> FuseResult<ReplyOpen> {
         // The kernel negotiated FUSE_ATOMIC_O_TRUNC: truncation on open is ours to do.
-        if flags & libc::O_TRUNC as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0 {
+        let truncate = flags & libc::O_TRUNC as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0;
+        if truncate {
             self.truncate(inode, 0).await?;
         }
         let fh = self.add_handle(Handle::File(FileHandle::default()));
-        // No FOPEN_KEEP_CACHE: the kernel drops cached pages on open, so a reader sees
-        // what other mounts wrote and closed before.
-        Ok(ReplyOpen { fh, flags: 0 })
+        // Cached pages are kept only if the file's mtime and size, as the server gave
+        // them in the lookup that preceded this open (file entry TTL 0), are those of
+        // the previous open here: a reader sees what other mounts wrote and closed.
+        let keep = !truncate
+            && match self.get_attr(inode).await {
+                Ok(attr) => self.attrs.unchanged_since_last_open(&attr),
+                Err(_) => false,
+            };
+        Ok(ReplyOpen {
+            fh,
+            flags: if keep { FOPEN_KEEP_CACHE } else { 0 },
+        })
     }
 
     async fn read(
@@ -457,6 +485,7 @@ impl Filesystem for VolumeFs {
             .unary("write", req, |mut c, r| async move { c.write(r).await })
             .await
             .map_err(errno)?;
+        self.attrs.forget(inode);
         if let Some(Handle::File(h)) = self.handles().get_mut(&fh) {
             if h.dirty && h.boot_id.is_some() && h.boot_id != reply.boot_id {
                 h.maybe_lost = true;
@@ -574,6 +603,7 @@ impl Filesystem for VolumeFs {
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
+                self.attrs.put(&e.attr);
                 Ok(DirectoryEntryPlus {
                     inode: e.attr.ino,
                     generation: 0,
@@ -630,6 +660,7 @@ impl Filesystem for VolumeFs {
         link: &OsStr,
     ) -> FuseResult<ReplyEntry> {
         let attr = self.do_symlink(&req, parent, name, link).await?;
+        self.attrs.clear();
         Ok(self.entry(&attr))
     }
 
@@ -647,6 +678,7 @@ impl Filesystem for VolumeFs {
         new_name: &OsStr,
     ) -> FuseResult<ReplyEntry> {
         let attr = self.do_link(inode, new_parent, new_name).await?;
+        self.attrs.clear();
         Ok(self.entry(&attr))
     }
 
@@ -659,7 +691,9 @@ impl Filesystem for VolumeFs {
         flags: u32,
         _position: u32,
     ) -> FuseResult<()> {
-        self.do_setxattr(inode, name, value, flags).await
+        let result = self.do_setxattr(inode, name, value, flags).await;
+        self.attrs.forget(inode);
+        result
     }
 
     async fn getxattr(
@@ -677,7 +711,9 @@ impl Filesystem for VolumeFs {
     }
 
     async fn removexattr(&self, _req: Request, inode: Inode, name: &OsStr) -> FuseResult<()> {
-        self.do_removexattr(inode, name).await
+        let result = self.do_removexattr(inode, name).await;
+        self.attrs.forget(inode);
+        result
     }
 
     async fn getlk(
@@ -763,6 +799,7 @@ impl VolumeFs {
             })
             .await
             .map_err(errno)?;
+        self.attrs.clear();
         attr_of(reply.value.attr)
     }
 }

@@ -1,7 +1,9 @@
-//! Conversions between the wire's [`Attr`] and FUSE's attribute types, and the
-//! permission check behind `access`.
+//! Conversions between the wire's [`Attr`] and FUSE's attribute types, the
+//! permission check behind `access`, and the client's short-lived [`AttrCache`].
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use berth_api::volume::{Attr, FileKind};
 use fuse3::raw::reply::FileAttr;
@@ -40,6 +42,81 @@ impl Ttls {
         } else {
             self.file_entry
         }
+    }
+}
+
+/// Attributes the server sent within the attribute TTL, by inode.
+///
+/// fuse3 gives a lookup reply one TTL for the entry and the attributes, and file
+/// entries have TTL 0 (every open by path asks the server: close-to-open), so the
+/// kernel follows each lookup of a file with a getattr. This cache answers that
+/// getattr (and `access`, `opendir`) from the lookup's reply, as the kernel itself
+/// would with a nonzero attribute TTL: attributes are at most `ttl` old, as documented.
+/// Any change made through this mount that can touch other inodes' attributes
+/// (unlink, rename, link, …) empties it; a write or xattr change forgets its inode.
+#[derive(Debug)]
+pub struct AttrCache {
+    ttl: Duration,
+    inner: Mutex<HashMap<u64, (Attr, Instant)>>,
+    /// (mtime, size) of each file when it was last opened through this mount.
+    opened: Mutex<HashMap<u64, (i64, u64)>>,
+}
+
+/// Entries kept at most; the cache is emptied when it grows past this.
+const ATTR_CACHE_MAX: usize = 65_536;
+
+impl AttrCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an open of `attr` (as the server just reported it) and says whether
+    /// the file is unchanged since the previous open through this mount, so the
+    /// kernel may keep its cached pages (`FOPEN_KEEP_CACHE`).
+    pub fn unchanged_since_last_open(&self, attr: &Attr) -> bool {
+        let mut opened = self.opened.lock().expect("open versions lock poisoned");
+        if opened.len() >= ATTR_CACHE_MAX {
+            opened.clear();
+        }
+        let now = (attr.mtime_ns, attr.size);
+        opened.insert(attr.ino, now) == Some(now)
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Attr, Instant)>> {
+        self.inner.lock().expect("attribute cache lock poisoned")
+    }
+
+    /// Remembers what the server just said about `attr.ino`.
+    pub fn put(&self, attr: &Attr) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.inner();
+        if map.len() >= ATTR_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(attr.ino, (*attr, Instant::now()));
+    }
+
+    /// The attributes of `ino` if the server sent them less than `ttl` ago.
+    pub fn get(&self, ino: u64) -> Option<Attr> {
+        let map = self.inner();
+        let (attr, at) = map.get(&ino)?;
+        (at.elapsed() < self.ttl).then_some(*attr)
+    }
+
+    /// Forgets one inode (its data or xattrs changed through this mount).
+    pub fn forget(&self, ino: u64) {
+        self.inner().remove(&ino);
+    }
+
+    /// Forgets everything (a change that may touch attributes of other inodes).
+    pub fn clear(&self) {
+        self.inner().clear();
     }
 }
 
@@ -122,6 +199,31 @@ mod tests {
             nlink: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn attr_cache_expires_and_forgets() {
+        let cache = AttrCache::new(Duration::from_millis(200));
+        cache.put(&attr(0o644, 1, 1));
+        assert_eq!(cache.get(2).map(|a| a.mode), Some(0o644));
+        cache.forget(2);
+        assert!(cache.get(2).is_none());
+        cache.put(&attr(0o600, 1, 1));
+        cache.clear();
+        assert!(cache.get(2).is_none());
+        cache.put(&attr(0o600, 1, 1));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(cache.get(2).is_none(), "older than the ttl");
+        let mut a = attr(0o600, 1, 1);
+        assert!(!cache.unchanged_since_last_open(&a), "first open");
+        assert!(cache.unchanged_since_last_open(&a));
+        a.mtime_ns += 1;
+        assert!(!cache.unchanged_since_last_open(&a), "mtime changed");
+        a.size += 1;
+        assert!(!cache.unchanged_since_last_open(&a), "size changed");
+        let off = AttrCache::new(Duration::ZERO);
+        off.put(&attr(0o600, 1, 1));
+        assert!(off.get(2).is_none(), "ttl 0 caches nothing");
     }
 
     #[test]
