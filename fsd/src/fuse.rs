@@ -13,7 +13,7 @@
 mod attr;
 mod ops;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroU32;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -76,8 +76,9 @@ pub struct VolumeFs {
     next_fh: AtomicU64,
     /// This mount's id in the server's lock table.
     mount_id: String,
-    /// (inode, lock owner) pairs that took a lock through this mount.
-    locked: Mutex<HashSet<(u64, u64)>>,
+    /// (inode, lock owner) pairs that took a lock through this mount, and the open
+    /// files they took them through.
+    locked: Mutex<ops::Locked>,
 }
 
 fn errno(e: i32) -> Errno {
@@ -98,7 +99,7 @@ impl VolumeFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_id: uuid::Uuid::new_v4().to_string(),
-            locked: Mutex::new(HashSet::new()),
+            locked: Mutex::new(ops::Locked::default()),
         }
     }
 
@@ -107,7 +108,7 @@ impl VolumeFs {
         &self.mount_id
     }
 
-    fn locked(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, ops::Locked> {
         self.locked.lock().expect("lock set poisoned")
     }
 
@@ -533,7 +534,7 @@ impl Filesystem for VolumeFs {
     ) -> FuseResult<()> {
         let result = self.sync_handle(inode, fh, false).await;
         self.handles().remove(&fh);
-        let unlocked = self.release_locks(inode, lock_owner).await;
+        let unlocked = self.release_handle_locks(inode, fh, lock_owner).await;
         result.and(unlocked)
     }
 

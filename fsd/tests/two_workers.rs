@@ -372,3 +372,112 @@ fn flock_excludes_across_workers_and_goes_with_its_holder() {
         killed.elapsed() + time_until(|| flock(&fb, libc::LOCK_EX | nb), Duration::from_secs(3));
     eprintln!("flock free {took:?} after SIGKILL of its holder on the other worker");
 }
+
+#[test]
+fn ofd_locks_exclude_across_workers_and_go_with_the_last_close() {
+    let c = cluster("ofd");
+    let (a, b) = (&c.a, &c.b);
+    fs::write(a.join("db"), vec![0u8; 100]).unwrap();
+    let fa = open_rw(&a.join("db"));
+    let fb = open_rw(&b.join("db"));
+    setlk(&fa, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).unwrap();
+    assert_eq!(
+        setlk(&fb, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0),
+        Err(libc::EAGAIN)
+    );
+    // A second descriptor of the same open file keeps the lock alive...
+    let fa2 = fa.try_clone().unwrap();
+    drop(fa);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        setlk(&fb, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0),
+        Err(libc::EAGAIN),
+        "an OFD lock went with the close of one of two descriptors"
+    );
+    // ...and the last close drops it.
+    drop(fa2);
+    let took = time_until(
+        || setlk(&fb, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0),
+        Duration::from_secs(3),
+    );
+    eprintln!("OFD lock free {took:?} after the last close of its open file");
+}
+
+/// What a descriptor sees after its file was unlinked: the old bytes, or an error.
+fn read_all_at(f: &fs::File, len: usize) -> Result<Vec<u8>, i32> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match f.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) => return Err(e.raw_os_error().unwrap_or(0)),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Documented in home-semantics.md ("Open and unlinked files"): unlike a local disk,
+/// a file unlinked (or replaced by rename) while open loses its data at once; the open
+/// descriptor then fails every operation with ENOENT, on the same worker and on others.
+/// Nothing else is affected. This test pins that down so a change is noticed.
+#[test]
+fn unlinked_open_files_fail_with_enoent_and_harm_nothing_else() {
+    let c = cluster("orphan");
+    let (a, b) = (&c.a, &c.b);
+    let body: Vec<u8> = (0..(5 << 20)).map(|i: usize| (i % 241) as u8).collect();
+    fs::write(a.join("same"), &body).unwrap();
+    fs::write(a.join("other"), &body).unwrap();
+    fs::write(a.join("replaced"), &body).unwrap();
+    fs::write(a.join("kept"), b"kept").unwrap();
+    let enoent = Err(libc::ENOENT);
+
+    // Same worker: open, unlink, then use the descriptor.
+    let f = open_rw(&a.join("same"));
+    fs::remove_file(a.join("same")).unwrap();
+    assert_eq!(read_all_at(&f, body.len()), enoent, "read");
+    let stat = f.metadata().map(|m| m.len()).map_err(|e| e.raw_os_error());
+    assert_eq!(stat, Err(Some(libc::ENOENT)), "fstat");
+    let write = std::os::unix::fs::FileExt::write_at(&f, b"x", 0).map_err(|e| e.raw_os_error());
+    assert_eq!(write, Err(Some(libc::ENOENT)), "write");
+    let sync = f.sync_all().map_err(|e| e.raw_os_error());
+    assert_eq!(sync, Err(Some(libc::ENOENT)), "fsync");
+    drop(f);
+    assert!(fs::metadata(a.join("same")).is_err());
+
+    // Other worker: open and read on b, unlink on a, read on b again.
+    let g = open_rw(&b.join("other"));
+    assert_eq!(read_all_at(&g, 4096).unwrap(), body[..4096]);
+    fs::remove_file(a.join("other")).unwrap();
+    assert_eq!(
+        read_all_at(&g, body.len()),
+        enoent,
+        "read on the other worker"
+    );
+    drop(g);
+
+    // Replaced by a rename on the other worker: the old descriptor fails, a new open
+    // gets the new file.
+    let h = open_rw(&a.join("replaced"));
+    fs::write(b.join("replaced.new"), b"new").unwrap();
+    fs::rename(b.join("replaced.new"), b.join("replaced")).unwrap();
+    assert_eq!(
+        read_all_at(&h, body.len()),
+        enoent,
+        "read of a replaced file"
+    );
+    drop(h);
+    assert_eq!(fs::read(a.join("replaced")).unwrap(), b"new");
+
+    // Nothing else changed, and the space is given back.
+    assert_eq!(fs::read(b.join("kept")).unwrap(), b"kept");
+    let names: Vec<_> = fs::read_dir(&a.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["kept", "replaced"]);
+}

@@ -4,9 +4,12 @@
 //!
 //! Locks: each mount has a random id; a lock owner on the server is (mount id, kernel
 //! lock owner). `F_SETLKW` polls the server with backoff while the handle stays open.
-//! The client remembers which (inode, owner) pairs hold locks so that `flush` (every
-//! `close`) releases them with one call only when needed.
+//! The client remembers which (inode, owner) pairs hold locks, and through which open
+//! files, so that `flush` (every `close`: POSIX locks of the closing process) and
+//! `release` (last close of an open file: its `flock` and OFD locks) release them with
+//! one call each, only when needed.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
@@ -20,6 +23,40 @@ use fuse3::raw::prelude::*;
 use fuse3::Result as FuseResult;
 
 use super::{attr_of, errno, Listed, VolumeFs};
+
+/// The locks this mount took: (inode, kernel lock owner) -> the open files (fh) they
+/// were taken through.
+#[derive(Debug, Default)]
+pub(super) struct Locked {
+    owners: HashMap<(u64, u64), HashSet<u64>>,
+}
+
+impl Locked {
+    fn insert(&mut self, ino: u64, owner: u64, fh: u64) {
+        self.owners.entry((ino, owner)).or_default().insert(fh);
+    }
+
+    /// Forgets `owner`'s locks on `ino`; whether there were any.
+    fn remove(&mut self, ino: u64, owner: u64) -> bool {
+        self.owners.remove(&(ino, owner)).is_some()
+    }
+
+    /// Forgets every owner that locked through open file `fh` and returns them. At the
+    /// last close of an open file those are its OFD (and `flock`) locks: a process's
+    /// POSIX locks taken through it went already with that process's `flush`.
+    fn take_handle(&mut self, fh: u64) -> Vec<(u64, u64)> {
+        let taken: Vec<(u64, u64)> = self
+            .owners
+            .iter()
+            .filter(|(_, fhs)| fhs.contains(&fh))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &taken {
+            self.owners.remove(key);
+        }
+        taken
+    }
+}
 
 /// Entries fetched per `ReadDirPage` call.
 const PAGE: u32 = 4096;
@@ -319,7 +356,7 @@ impl VolumeFs {
             match result {
                 Ok(_) => {
                     if kind != LockKind::Unlock {
-                        self.locked().insert((ino, owner));
+                        self.locked().insert(ino, owner, fh);
                     }
                     return Ok(());
                 }
@@ -339,9 +376,34 @@ impl VolumeFs {
     /// Drops the locks `owner` holds on `ino`, if this mount took any (POSIX: closing
     /// any descriptor of a file releases the process's locks on it).
     pub(super) async fn release_locks(&self, ino: u64, owner: u64) -> FuseResult<()> {
-        if !self.locked().remove(&(ino, owner)) {
+        if !self.locked().remove(ino, owner) {
             return Ok(());
         }
+        self.send_release(ino, owner).await
+    }
+
+    /// At the last close of open file `fh` (FUSE `release`): drops the locks taken
+    /// through it (OFD locks, whose owner is the open file) and those of `lock_owner`
+    /// (the open file's `flock` owner when the kernel sets one; 0 otherwise).
+    pub(super) async fn release_handle_locks(
+        &self,
+        ino: u64,
+        fh: u64,
+        lock_owner: u64,
+    ) -> FuseResult<()> {
+        let mut owners = self.locked().take_handle(fh);
+        if self.locked().remove(ino, lock_owner) {
+            owners.push((ino, lock_owner));
+        }
+        let mut result = Ok(());
+        for (ino, owner) in owners {
+            let sent = self.send_release(ino, owner).await;
+            result = result.and(sent);
+        }
+        result
+    }
+
+    async fn send_release(&self, ino: u64, owner: u64) -> FuseResult<()> {
         let req = self.lock_req(ino, owner, 0, u64::MAX, LockKind::Unlock, 0);
         self.client
             .unary("releaselocks", req, |mut c, r| async move {
