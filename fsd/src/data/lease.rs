@@ -330,3 +330,65 @@ impl Leases {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn objects() -> Objects {
+        Objects {
+            store: Arc::new(InMemory::new()),
+            conditional_put: true,
+            retry_window: Duration::ZERO,
+        }
+    }
+
+    /// Writes the lease object behind the server's back.
+    async fn overwrite(objects: &Objects, owner: &str, counter: u64) {
+        let body = LeaseBody {
+            owner: owner.into(),
+            counter,
+            ttl_ms: 60_000,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap();
+        objects
+            .store
+            .put(&lease_path("v"), PutPayload::from(bytes))
+            .await
+            .unwrap();
+    }
+
+    fn counter(leases: &Leases) -> u64 {
+        leases.held.lock().unwrap()["v"].counter
+    }
+
+    #[tokio::test]
+    async fn a_renewal_applied_but_unanswered_keeps_the_lease() {
+        let objects = objects();
+        let leases = Leases::new(objects.clone(), "me".into(), Duration::from_secs(60));
+        assert_eq!(leases.acquire("v").await.unwrap(), Acquired::New);
+        let before = counter(&leases);
+        // The store applied our next renewal but its answer was lost: the etag this
+        // server holds is stale, so the retried If-Match renewal is refused.
+        overwrite(&objects, "me", before + 1).await;
+        leases.renew_all().await;
+        assert!(leases.is_held("v"), "lease dropped after its own renewal");
+        assert_eq!(counter(&leases), before + 1);
+        // The next renewal goes through with the etag read back.
+        leases.renew_all().await;
+        assert_eq!(counter(&leases), before + 2);
+        assert_eq!(leases.acquire("v").await.unwrap(), Acquired::Held);
+    }
+
+    #[tokio::test]
+    async fn a_lease_another_server_wrote_is_lost() {
+        let objects = objects();
+        let leases = Leases::new(objects.clone(), "me".into(), Duration::from_secs(60));
+        leases.acquire("v").await.unwrap();
+        let before = counter(&leases);
+        overwrite(&objects, "other", before + 1).await;
+        leases.renew_all().await;
+        assert!(!leases.is_held("v"), "kept a lease another server took");
+    }
+}

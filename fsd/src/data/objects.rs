@@ -283,3 +283,34 @@ pub fn lease_path(volume: &str) -> ObjectPath {
 pub fn new_version() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn put_new_counts_its_own_earlier_attempt_as_done() {
+        let objects = Objects {
+            store: Arc::new(InMemory::new()),
+            conditional_put: true,
+            retry_window: Duration::ZERO,
+        };
+        let path = journal_path("v", 7);
+        // An earlier attempt the store applied but never answered.
+        objects
+            .store
+            .put(&path, PutPayload::from_static(b"segment 7 of a"))
+            .await
+            .unwrap();
+        let ours = Bytes::from_static(b"segment 7 of a");
+        assert!(objects.put_new(&path, ours).await.unwrap());
+        // Another server's segment of the same number is a conflict.
+        let theirs = Bytes::from_static(b"segment 7 of b");
+        assert!(!objects.put_new(&path, theirs).await.unwrap());
+        assert!(objects
+            .put_new(&journal_path("v", 8), Bytes::from_static(b"8"))
+            .await
+            .unwrap());
+    }
+}
