@@ -44,6 +44,8 @@ pub enum StartError {
     },
     #[error("preparing the root filesystem: {0}")]
     Rootfs(Box<ImageError>),
+    #[error("preparing the writable layer of the root filesystem: {0}")]
+    WritableLayer(#[from] berth_images::rootfs::RootfsError),
     #[error("giving the site its user namespace: {0}")]
     IdRange(#[from] crate::idmap::IdmapError),
     #[error("mounting /home: {0}")]
@@ -258,6 +260,23 @@ where
         size: id_mapping.size,
     };
     run.rootfs = true;
+    // The root filesystem's writable layer is a tmpfs of half the instance's memory:
+    // a tenant filling it gets ENOSPC and pays in its own memory (like Cloud Run's
+    // in-memory filesystem), never with the worker's disk. Half, so the files alone
+    // cannot push the memory cgroup into an OOM no kill can resolve (tmpfs pages
+    // belong to no process). No memory limit (0): 1 GiB.
+    let layer_bytes = if a.memory_mb == 0 {
+        1 << 30
+    } else {
+        (a.memory_mb << 20) / 2
+    }
+    .max(16 << 20);
+    let dir = run.instance_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        berth_images::rootfs::mount_writable_layer(&dir, layer_bytes)
+    })
+    .await
+    .expect("the writable-layer mount task does not panic")?;
     let rootfs = agent
         .images
         .mount_rootfs(&image, &run.instance_dir, Some(range))

@@ -1,12 +1,15 @@
 //! Per-instance overlay root filesystems over shared layer snapshots.
 //!
-//! `mount_rootfs` creates `<instance>/{upper,work,rootfs}` and mounts an overlay whose
-//! lower dirs are the image's snapshots (top layer first). Snapshots are shared by every
-//! instance and never written: all writes land in the instance's `upper`. The mount(2)
+//! `mount_rootfs` creates `<instance>/{rw/upper,rw/work,rootfs}` and mounts an overlay
+//! whose lower dirs are the image's snapshots (top layer first). Snapshots are shared by
+//! every instance and never written: all writes land in the instance's `rw/upper`. The
+//! caller may first mount a size-limited filesystem on `<instance>/rw` (the agent mounts
+//! a tmpfs there, so a tenant's writes to its root filesystem are capped and charged to
+//! its memory) — upper and work must share one filesystem, hence the one directory. The mount(2)
 //! option string is limited to one page; when many long lower-dir paths do not fit, the
 //! new mount API adds them one by one (`fsconfig(..., "lowerdir+", ...)`, Linux 6.8+).
-//! `unmount_rootfs` undoes it and removes the three directories, never deleting through
-//! a still-mounted overlay.
+//! `unmount_rootfs` undoes it (including a mount on `rw`) and removes the directories,
+//! never deleting through a still-mounted overlay.
 //!
 //! [`mount_rootfs_idmapped`] does the same for a sandbox with its own user namespace:
 //! the lower dirs are idmapped views of the snapshots ([`crate::idmap`]) attached under
@@ -77,6 +80,32 @@ fn is_mount_point(dir: &Path) -> io::Result<bool> {
     Ok(md.dev() != parent.dev() || md.ino() == parent.ino())
 }
 
+/// Mounts a tmpfs of at most `size_bytes` on `<instance>/rw`, where the overlay's
+/// writable layer goes: a tenant's writes to its root filesystem then stop at the
+/// size (ENOSPC) instead of filling the worker's disk, and the pages are charged to
+/// the writer's memory cgroup. Call before [`mount_rootfs`] /
+/// [`mount_rootfs_idmapped`]; a no-op when `rw` is already a mount point.
+#[instrument(skip_all, fields(instance_dir = %instance_dir.display(), size_bytes))]
+pub fn mount_writable_layer(instance_dir: &Path, size_bytes: u64) -> Result<(), RootfsError> {
+    let rw = instance_dir.join("rw");
+    fs::create_dir_all(&rw).map_err(io_err(&rw))?;
+    if is_mount_point(&rw).map_err(io_err(&rw))? {
+        return Ok(());
+    }
+    let data = format!("size={size_bytes},mode=0755");
+    mount(
+        Some("berth-rw"),
+        &rw,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| RootfsError::Mount {
+        target: rw.clone(),
+        detail: format!("tmpfs for the writable layer: {e}"),
+    })
+}
+
 /// Like [`mount_rootfs`], for a sandbox whose root is host id `range.host_id`: the
 /// snapshots are seen through idmapped mounts and the writable layer belongs to that
 /// id. Mounting an already-mounted instance root is a no-op.
@@ -110,7 +139,7 @@ pub fn mount_rootfs_idmapped(
             })?;
             lowers.push(target);
         }
-        for d in ["upper", "work"] {
+        for d in ["rw", "rw/upper", "rw/work"] {
             let p = instance_dir.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
             std::os::unix::fs::chown(&p, Some(range.host_id), Some(range.host_id))
@@ -161,8 +190,8 @@ fn mount_rootfs_impl(
     instance_dir: &Path,
     force_fsconfig: bool,
 ) -> Result<PathBuf, RootfsError> {
-    let upper = instance_dir.join("upper");
-    let work = instance_dir.join("work");
+    let upper = instance_dir.join("rw/upper");
+    let work = instance_dir.join("rw/work");
     let rootfs = instance_dir.join("rootfs");
     for d in [&upper, &work, &rootfs] {
         fs::create_dir_all(d).map_err(io_err(d))?;
@@ -373,7 +402,14 @@ pub fn unmount_rootfs(instance_dir: &Path) -> Result<(), RootfsError> {
         return Err(RootfsError::StillMounted { target: rootfs });
     }
     detach_lowers(&instance_dir.join("lower"));
-    for name in ["rootfs", "upper", "work", "empty"] {
+    let rw = instance_dir.join("rw");
+    if is_mount_point(&rw).map_err(io_err(&rw))? {
+        umount2(&rw, MntFlags::MNT_DETACH).map_err(|source| RootfsError::Unmount {
+            target: rw.clone(),
+            source,
+        })?;
+    }
+    for name in ["rootfs", "rw", "empty"] {
         let p = instance_dir.join(OsStr::new(name));
         match fs::remove_dir_all(&p) {
             Ok(()) => {}
@@ -429,12 +465,23 @@ mod tests {
         fs::write(root.join("f0"), "changed").unwrap();
         assert_eq!(fs::read_to_string(snaps[0].join("f0")).unwrap(), "0");
         assert_eq!(
-            fs::read_to_string(instance.join("upper/f0")).unwrap(),
+            fs::read_to_string(instance.join("rw/upper/f0")).unwrap(),
             "changed"
         );
         unmount_rootfs(instance).unwrap();
         assert!(!instance.join("rootfs").exists());
-        assert!(!instance.join("upper").exists());
+        assert!(!instance.join("rw").exists());
+
+        // With a size-limited writable layer, writes past it fail and nothing of it
+        // is left after unmounting.
+        mount_writable_layer(instance, 1 << 20).unwrap();
+        mount_writable_layer(instance, 1 << 20).unwrap();
+        let root = mount_rootfs(snaps, instance).unwrap();
+        let err = fs::write(root.join("big"), vec![0u8; 2 << 20]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        unmount_rootfs(instance).unwrap();
+        assert!(!instance.join("rw").exists());
+        assert!(!is_mount_point(&instance.join("rw")).unwrap());
         assert_eq!(fs::read_to_string(snaps[0].join("f0")).unwrap(), "0");
         // Unmounting again is fine.
         unmount_rootfs(instance).unwrap();
@@ -492,8 +539,8 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success(), "the range's root cannot write its image");
-        assert_eq!(owner(&instance.join("upper/f0")), 3_100_000);
-        assert_eq!(owner(&instance.join("upper/new")), 3_100_000);
+        assert_eq!(owner(&instance.join("rw/upper/f0")), 3_100_000);
+        assert_eq!(owner(&instance.join("rw/upper/new")), 3_100_000);
         // One copy per worker: the snapshot is unchanged and still owned by 0.
         assert_eq!(fs::read_to_string(snaps[0].join("f0")).unwrap(), "0");
         assert_eq!(owner(&snaps[0].join("f0")), 0);

@@ -12,6 +12,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod helper;
+pub mod logcap;
 pub mod metrics;
 pub mod reaper;
 pub mod sandboxes;

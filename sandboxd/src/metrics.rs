@@ -66,6 +66,10 @@ pub struct Metrics {
     pub starts: Counter,
     /// Failed creates and starts.
     pub failures: Counter,
+    /// Log files cut back to their cap, by site.
+    pub log_rotations: Family<SiteLabel, Counter>,
+    /// Log bytes dropped by those cuts, by site.
+    pub log_dropped_bytes: Family<SiteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,8 +127,22 @@ impl Metrics {
             "Processes in the instance's cgroup",
             pids.clone(),
         );
+        let log_rotations = Family::<SiteLabel, Counter>::default();
+        registry.register(
+            "berth_sandboxd_log_rotations",
+            "Sandbox log files cut back to the log cap, by site",
+            log_rotations.clone(),
+        );
+        let log_dropped_bytes = Family::<SiteLabel, Counter>::default();
+        registry.register(
+            "berth_sandboxd_log_dropped_bytes",
+            "Log bytes dropped when a sandbox log file was cut back, by site",
+            log_dropped_bytes.clone(),
+        );
         Self {
             registry,
+            log_rotations,
+            log_dropped_bytes,
             oom_kills,
             cpu_usage_ns,
             memory_bytes,

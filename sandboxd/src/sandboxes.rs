@@ -137,6 +137,8 @@ pub struct Sandboxes {
     oom_seen: Mutex<HashMap<String, u64>>,
     /// Bumped whenever a sandbox stops or is deleted: what [`Sandboxes::wait`] waits on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Cap of each sandbox's log file ([`crate::logcap`]).
+    log_max_bytes: u64,
 }
 
 /// State letter and start time (clock ticks since boot) of a process, from
@@ -177,6 +179,7 @@ impl Sandboxes {
         exe: PathBuf,
         reaper: Arc<Reaper>,
         metrics: Arc<Metrics>,
+        log_max_bytes: u64,
     ) -> Result<Arc<Self>, SandboxError> {
         let store = Store::new(&layout.records);
         let mut records = store.load()?;
@@ -203,6 +206,7 @@ impl Sandboxes {
             locks: Mutex::new(HashMap::new()),
             oom_seen: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::channel(0).0,
+            log_max_bytes,
         });
         this.update_gauge();
         for (id, pid) in adopted {
@@ -225,8 +229,8 @@ impl Sandboxes {
         Ok(this)
     }
 
-    /// One pass of the monitor: reports new OOM kills and refreshes usage gauges of
-    /// every sandbox that is not stopped.
+    /// One pass of the monitor: reports new OOM kills, refreshes usage gauges and cuts
+    /// back log files over the cap, of every sandbox that is not stopped.
     pub fn monitor(&self) {
         let live: Vec<Record> = self
             .records
@@ -237,6 +241,7 @@ impl Sandboxes {
             .cloned()
             .collect();
         for r in live {
+            self.cap_log(&r);
             let Ok(cgroup) = SandboxCgroup::locate(&r.cgroup_path) else {
                 continue;
             };
@@ -259,6 +264,34 @@ impl Sandboxes {
                 .pids
                 .get_or_create(&labels)
                 .set(gauge(usage.pids));
+        }
+    }
+
+    /// Cuts the sandbox's log file back when it is over the cap.
+    fn cap_log(&self, r: &Record) {
+        match crate::logcap::enforce(&r.log_path, self.log_max_bytes) {
+            Ok(None) => {}
+            Ok(Some(rot)) => {
+                let label = SiteLabel {
+                    site: r.site.clone(),
+                };
+                self.metrics.log_rotations.get_or_create(&label).inc();
+                self.metrics
+                    .log_dropped_bytes
+                    .get_or_create(&label)
+                    .inc_by(rot.size.saturating_sub(rot.kept));
+                tracing::info!(
+                    site = %r.site,
+                    instance = %r.id,
+                    size = rot.size,
+                    kept = rot.kept,
+                    cap = self.log_max_bytes,
+                    "log over its cap: kept the newest bytes in <log>.1 and started the log again"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(instance = %r.id, log = %r.log_path.display(), %err, "checking the log cap")
+            }
         }
     }
 

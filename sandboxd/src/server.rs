@@ -32,6 +32,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Binary re-executed for libcontainer operations (normally `/proc/self/exe`).
     pub helper_exe: PathBuf,
+    /// Cap of each sandbox's log file ([`crate::logcap`]).
+    pub log_max_bytes: u64,
 }
 
 /// Removes a socket file left by a daemon that is gone; refuses when one still
@@ -71,7 +73,13 @@ pub async fn run(
     let layout = Layout::create(&config.state_dir)?;
     let reaper = Reaper::start()?;
     let metrics = Arc::new(Metrics::new());
-    let sandboxes = Sandboxes::open(layout, config.helper_exe.clone(), reaper, metrics.clone())?;
+    let sandboxes = Sandboxes::open(
+        layout,
+        config.helper_exe.clone(),
+        reaper,
+        metrics.clone(),
+        config.log_max_bytes,
+    )?;
 
     if let Some(parent) = config.socket.parent() {
         std::fs::create_dir_all(parent).map_err(|source| SandboxdError::Socket {

@@ -227,6 +227,8 @@ static const struct attack_case CASES[] = {
     {"fork_bomb", case_fork_bomb},
     {"memory_bomb", case_memory_bomb},
     {"tmp_fill", case_tmp_fill},
+    {"rootfs_fill", case_rootfs_fill},
+    {"log_flood", case_log_flood},
     {"cpu_hog", case_cpu_hog},
     {"setuid", case_setuid},
     {"layer_write", case_layer_write},

@@ -111,6 +111,8 @@ void reap_all(void);
 void case_fork_bomb(void);
 void case_memory_bomb(void);
 void case_tmp_fill(void);
+void case_rootfs_fill(void);
+void case_log_flood(void);
 void case_cpu_hog(void);
 void case_suid_probe(void);
 void case_setuid(void);

@@ -4,6 +4,7 @@
  * Part of the attack program: see attack.c for the protocol.
  */
 #include "attack.h"
+#include <linux/falloc.h>
 
 /* -------------------------------------------------------- resource bombs */
 
@@ -81,6 +82,61 @@ void case_memory_bomb(void)
     } else {
         escaped("allocated and touched %ld MiB without being stopped", cap_mb);
     }
+}
+
+/* Fills the root filesystem (the overlay's writable layer). */
+void case_rootfs_fill(void)
+{
+    const long cap_mb = 1536;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/rootfs-fill", O_CREAT | O_WRONLY | O_TRUNC, 0600);
+        if (fd < 0)
+            _exit(3);
+        static char block[1 << 20];
+        memset(block, 0x3c, sizeof block);
+        long mb = 0;
+        for (; mb < cap_mb; mb++)
+            if (write(fd, block, sizeof block) != (ssize_t)sizeof block)
+                break;
+        printf("evidence: wrote %ld MiB to the root filesystem before: %s\n", mb,
+               mb < cap_mb ? strerror(errno) : "the cap");
+        fflush(stdout);
+        _exit(mb < cap_mb ? (errno == ENOSPC ? 0 : 4) : 1);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    unlink("/rootfs-fill");
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
+        escaped("wrote %ld MiB to the root filesystem without hitting a limit", cap_mb);
+    else if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        evidence("the root filesystem's writable layer is full at its size limit (ENOSPC)");
+    else if (WIFSIGNALED(st))
+        evidence("the writer was killed (signal %d) by its own memory limit", WTERMSIG(st));
+    else
+        evidence("root filesystem writer exited %d", WEXITSTATUS(st));
+}
+
+/* Floods the instance log: the CGI's stderr is the web server's, which is the log
+ * file. Also preallocates blocks past its end. The host checks the file's size. */
+void case_log_flood(void)
+{
+    const long total_mb = 48;
+    static char block[1 << 20];
+    memset(block, 'L', sizeof block);
+    for (size_t i = 1023; i < sizeof block; i += 1024)
+        block[i] = '\n';
+    long mb = 0;
+    for (; mb < total_mb; mb++) {
+        if (write(2, block, sizeof block) != (ssize_t)sizeof block)
+            break;
+        usleep(40000);
+    }
+    evidence("wrote %ld MiB to the log", mb);
+    if (fallocate(2, FALLOC_FL_KEEP_SIZE, 0, 64L << 20) == 0)
+        evidence("preallocated 64 MiB past the log's end");
+    else
+        evidence("fallocate on the log: %s", strerror(errno));
 }
 
 void case_tmp_fill(void)

@@ -52,6 +52,12 @@ fn instance_id(u: &Unit, site: &str) -> String {
         .to_string()
 }
 
+/// Bytes available to root on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs of the state directory");
+    st.blocks_free() as u64 * st.fragment_size() as u64
+}
+
 fn worker_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
@@ -333,6 +339,37 @@ fn sandbox_contains_attacks() {
         results.extend(outs);
     }
 
+    // An address that left the host while the cases ran (another test's bridge going
+    // away) is somewhere else by the time it is dialled: reaching it is egress, which
+    // sandboxes have, not a way into the host.
+    let addrs_now = attack::host_ipv4_addrs();
+    let vanished: Vec<&String> = host_addrs
+        .iter()
+        .filter(|a| a.as_str() != "127.0.0.1" && !addrs_now.contains(a))
+        .collect();
+    for (label, out) in results.iter_mut() {
+        if !label.starts_with("connect") || out.verdict != Verdict::Escaped {
+            continue;
+        }
+        let escapes: Vec<&str> = out
+            .output
+            .lines()
+            .filter(|l| l.starts_with("escaped:"))
+            .collect();
+        let only_vanished = escapes.iter().all(|l| {
+            l.split("connected to ").skip(1).all(|rest| {
+                let addr = rest.split(':').next().unwrap_or("");
+                vanished.iter().any(|v| v.as_str() == addr)
+            })
+        });
+        if !escapes.is_empty() && only_vanished {
+            out.verdict = Verdict::Contained;
+            out.output.push_str(&format!(
+                "evidence: every address reached ({vanished:?}) left the host during the case: egress, not the host\n"
+            ));
+        }
+    }
+
     // Host-side checks the sandbox cannot make itself.
     let mut host_findings: Vec<String> = Vec::new();
     let mut out = attack::run_case(&u, "attacker", "hostname", &[]);
@@ -378,6 +415,55 @@ fn sandbox_contains_attacks() {
         "tmp_fill",
         attack::run_case(&u, "attacker", "tmp_fill", &[]),
     );
+
+    // The root filesystem: its writable layer is a size-limited tmpfs, not the
+    // worker's disk. The disk the agent's state is on must not lose what was written.
+    let free_before = free_bytes(u.state_dir());
+    let mut fill = attack::run_case(&u, "attacker", "rootfs_fill", &[]);
+    let free_after = free_bytes(u.state_dir());
+    fill.output.push_str(&format!(
+        "evidence: free space of the worker's state disk {} MiB before, {} MiB after\n",
+        free_before >> 20,
+        free_after >> 20
+    ));
+    if free_before.saturating_sub(free_after) > 64 << 20 {
+        fill.verdict = Verdict::Escaped;
+        fill.output
+            .push_str("escaped: the root filesystem writes landed on the worker's disk\n");
+    }
+    results.insert("rootfs_fill", fill);
+
+    // The log: 48 MiB written to stderr plus 64 MiB preallocated; sandboxd cuts the
+    // file back to its cap (10 MiB) within a second or two.
+    let attacker_id = instance_id(&u, "attacker");
+    let log = u.state_dir().join(format!("agent/logs/{attacker_id}.log"));
+    let mut flood = attack::run_case(&u, "attacker", "log_flood", &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let prev = {
+        let mut p = log.clone().into_os_string();
+        p.push(".1");
+        std::path::PathBuf::from(p)
+    };
+    let on_disk = |p: &std::path::Path| {
+        std::fs::metadata(p).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.len().max(m.blocks() * 512)
+        })
+    };
+    let (cur, old) = (on_disk(&log), on_disk(&prev));
+    flood.output.push_str(&format!(
+        "evidence: after the flood the log holds {} KiB and {} {} KiB\n",
+        cur >> 10,
+        prev.display(),
+        old >> 10
+    ));
+    if cur > 11 << 20 || old > 11 << 20 {
+        flood.verdict = Verdict::Escaped;
+        flood
+            .output
+            .push_str("escaped: the instance log grew past its 10 MiB cap\n");
+    }
+    results.insert("log_flood", flood);
 
     // CPU hog next to a latency-sensitive neighbour: p99 with and without, printed;
     // asserted only that the neighbour keeps answering.
