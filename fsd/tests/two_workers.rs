@@ -481,3 +481,35 @@ fn unlinked_open_files_fail_with_enoent_and_harm_nothing_else() {
     names.sort();
     assert_eq!(names, ["kept", "replaced"]);
 }
+
+/// A worker whose FUSE client dies (SIGKILL) while one of its processes holds a lock:
+/// the file server drops that mount's locks once its lease (20 s without KeepAlive)
+/// has run out, and the other worker gets the lock.
+#[test]
+fn locks_of_a_dead_worker_go_when_its_mount_lease_expires() {
+    let mut c = cluster("deadmount");
+    fs::write(c.a.join("db"), b"x").unwrap();
+    let holder = forked_holder(&c.a.join("db"), Hold::Fcntl);
+    let fb = open_rw(&c.b.join("db"));
+    assert_eq!(
+        setlk(&fb, libc::F_SETLK, libc::F_WRLCK, 0, 0),
+        Err(libc::EAGAIN)
+    );
+    let killed = Instant::now();
+    c.a.kill9();
+    // The holder lives on (its mount is dead), so only the lease can free the lock.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        setlk(&fb, libc::F_SETLK, libc::F_WRLCK, 0, 0),
+        Err(libc::EAGAIN),
+        "lock dropped before the mount's lease ran out"
+    );
+    let took = killed.elapsed()
+        + time_until(
+            || setlk(&fb, libc::F_SETLK, libc::F_WRLCK, 0, 0),
+            Duration::from_secs(40),
+        );
+    kill9(holder);
+    eprintln!("lock of a dead worker's process free {took:?} after its FUSE client died");
+    assert!(took >= Duration::from_secs(15), "freed after {took:?}");
+}

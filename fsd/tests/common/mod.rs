@@ -289,6 +289,16 @@ impl Mount {
         self.path.join(rel)
     }
 
+    /// SIGKILL of the client process, as in a crash of the worker's FUSE client; the
+    /// dead mount is detached.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+
     /// SIGTERM, wait for exit, and return whether it exited 0.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
