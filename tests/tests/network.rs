@@ -1,7 +1,8 @@
 //! Sandbox egress through a whole Berth: a site's instance reaches a simulated external
 //! service (its own namespace behind a veth, 10.241.x.2) through the veth and NAT the
 //! agent made, cannot reach the worker (a host listener on every address, the platform
-//! ports), shows its figures on the agent's `/metrics`, and leaves no veth, nftables
+//! ports), is refused its 1,921st open connection (counted), shows its figures on the
+//! agent's `/metrics`, and leaves no veth, nftables
 //! object or address claim behind once deleted.
 //!
 //! Traffic goes only to namespaces this test creates or to the host's own addresses
@@ -50,6 +51,16 @@ impl Drop for External {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// Raises this process's soft open-file limit to `n` (at most the hard limit).
+fn raise_nofile(n: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = n.min(hard);
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
     }
 }
 
@@ -132,6 +143,33 @@ fn site_egress_isolation_and_cleanup() {
         }
     });
     let service: SocketAddr = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // A second service that keeps every connection open, for the connection limit.
+    // A message on `release` closes everything it holds.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    in_netns(&format!("/run/netns/{}", ext.name), move || {
+        let l = TcpListener::bind((ext_addr, 0)).expect("bind in the external namespace");
+        l.set_nonblocking(true).unwrap();
+        tx.send(l.local_addr().unwrap()).unwrap();
+        let mut held = Vec::new();
+        loop {
+            match l.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match released.try_recv() {
+                        Ok(()) => held.clear(),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let holder: SocketAddr = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // 1,920 connections each way live in this process.
+    raise_nofile(8192);
 
     // A host listener on every address stands in for anything the worker serves.
     let host_l = TcpListener::bind("0.0.0.0:0").unwrap();
@@ -191,6 +229,51 @@ fn site_egress_isolation_and_cleanup() {
         "the sandbox reached the worker at {reached:?}"
     );
 
+    // The outbound connection limit (1,920 open at once): the next one is refused,
+    // counted, and once the open ones close new ones pass again.
+    let limit = 1920usize;
+    let (opened, refused) = in_netns(&sandbox_ns, move || {
+        let mut open = Vec::new();
+        let mut refused = None;
+        for _ in 0..limit + 5 {
+            match TcpStream::connect_timeout(&holder, Duration::from_secs(2)) {
+                Ok(s) => open.push(s),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let n = open.len();
+        drop(open);
+        (n, refused)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        refused.is_some() && (limit - 2..=limit).contains(&opened),
+        "{opened} connections opened before the limit of {limit} refused one ({refused:?})"
+    );
+    release.send(()).unwrap();
+    // The kernel's count (nf_conncount) drops closed connections lazily, a few per new
+    // attempt: refused attempts drain it, then one passes.
+    let ns = sandbox_ns.clone();
+    let attempts = in_netns(&ns, move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        while std::time::Instant::now() < deadline {
+            n += 1;
+            if TcpStream::connect_timeout(&holder, Duration::from_millis(500)).is_ok() {
+                return Some(n);
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|| panic!("no new connection passed within 30 s after the open ones closed"));
+    println!("network: after closing {opened} connections, attempt {attempts} passed");
+
     // Figures on the agent's /metrics.
     let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", pb + 4))
         .unwrap()
@@ -200,11 +283,18 @@ fn site_egress_isolation_and_cleanup() {
         metrics.contains("berth_agent_outbound_connection_limit 1920"),
         "{metrics}"
     );
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "berth_agent_outbound_connections_rejected_total{{instance=\"{id}\"}} "
+            ))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rejected counter of {id}:\n{metrics}"));
     assert!(
-        metrics.contains(&format!(
-            "berth_agent_outbound_connections_rejected_total{{instance=\"{id}\"}} 0"
-        )),
-        "{metrics}"
+        rejected >= 1,
+        "the refused connection is counted: {rejected}"
     );
 
     // Delete: no veth, nftables object or address claim remains.
