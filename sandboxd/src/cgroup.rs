@@ -298,6 +298,79 @@ pub fn remove_site_dirs(site_path: &Path) {
     }
 }
 
+/// How a sandbox's io weight (10-1000, the OCI blkio scale) reaches the kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoWeightSupport {
+    /// libcgroups writes the OCI blkio weight as it is: v1 (`blkio.bfq.weight` or
+    /// `blkio.weight`), or v2 with BFQ registered (`io.bfq.weight`, same scale).
+    Blkio,
+    /// v2 without BFQ: `io.weight` (iocost, 1-10000), given in the OCI `unified` map.
+    /// libcgroups 0.7 converts a blkio weight for `io.weight` in `u16` arithmetic,
+    /// which overflows for any weight above 16: a panic in a debug build (every
+    /// sandbox create failed), a wrong weight in a release build.
+    IoWeight,
+    /// v2 with neither BFQ nor iocost, or without the io controller: no io weight.
+    Unsupported,
+}
+
+static IO_WEIGHT: std::sync::OnceLock<IoWeightSupport> = std::sync::OnceLock::new();
+
+/// Which io weight file this host's cgroups offer (found once per process).
+pub fn io_weight_support() -> IoWeightSupport {
+    *IO_WEIGHT.get_or_init(|| match mounts() {
+        Ok(Mounts::Unified(mount)) => {
+            let controllers =
+                std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            if !controllers.split_whitespace().any(|c| c == "io") {
+                IoWeightSupport::Unsupported
+            } else if bfq_registered() {
+                IoWeightSupport::Blkio
+            } else if mount.join("io.cost.qos").exists() {
+                IoWeightSupport::IoWeight
+            } else {
+                IoWeightSupport::Unsupported
+            }
+        }
+        _ => IoWeightSupport::Blkio,
+    })
+}
+
+/// Whether the BFQ scheduler (and so its `io.bfq.weight` cgroup file) is registered:
+/// loaded as a module, or offered to a block device.
+fn bfq_registered() -> bool {
+    if Path::new("/sys/module/bfq").exists() {
+        return true;
+    }
+    std::fs::read_dir("/sys/block").is_ok_and(|devices| {
+        devices.flatten().any(|d| {
+            std::fs::read_to_string(d.path().join("queue/scheduler")).is_ok_and(|s| {
+                s.split_whitespace()
+                    .any(|e| e.trim_matches(['[', ']']) == "bfq")
+            })
+        })
+    })
+}
+
+/// Whether sandboxes get a v2 `memory.swap.max`: the unified layout, a kernel with
+/// swap, and swap accounting not turned off on its command line.
+pub fn v2_swap_limits() -> bool {
+    static SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SWAP.get_or_init(|| {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        matches!(mounts(), Ok(Mounts::Unified(_)))
+            && Path::new("/proc/swaps").exists()
+            && !cmdline
+                .split_whitespace()
+                .any(|p| p == "cgroup.memory=noswap" || p == "swapaccount=0")
+    })
+}
+
+/// A blkio weight (10-1000) on the v2 `io.weight` scale (1-10000), mapped linearly
+/// like runc and libcgroups do, without their overflow.
+pub fn blkio_to_io_weight(weight: u16) -> u64 {
+    1 + u64::from(weight.clamp(10, 1000) - 10) * 9999 / 990
+}
+
 /// The value of `key` in a flat-keyed cgroup file (`cpu.stat`, `memory.events`).
 pub fn stat_field(contents: &str, key: &str) -> u64 {
     contents
@@ -332,6 +405,14 @@ mod tests {
         let stat = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
         assert_eq!(stat_field(stat, "usage_usec"), 1500);
         assert_eq!(stat_field(stat, "nr_throttled"), 0);
+    }
+
+    #[test]
+    fn maps_blkio_weights_onto_io_weight() {
+        assert_eq!(blkio_to_io_weight(10), 1);
+        assert_eq!(blkio_to_io_weight(100), 910);
+        assert_eq!(blkio_to_io_weight(300), 2930);
+        assert_eq!(blkio_to_io_weight(1000), 10_000);
     }
 
     #[test]

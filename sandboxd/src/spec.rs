@@ -15,7 +15,7 @@
 //! creates the user namespace ([`crate::helper`]), because a process inside a new user
 //! namespace may not `setns` into a namespace owned by the host's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use berth_api::sandbox::CreateRequest;
@@ -28,6 +28,8 @@ use libcontainer::oci_spec::runtime::{
 };
 use libcontainer::oci_spec::OciSpecError;
 use thiserror::Error;
+
+use crate::cgroup::IoWeightSupport;
 
 /// CPU period the quota derived from `cpu_millis` is expressed in (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -256,10 +258,15 @@ pub fn cpu_weight(r: &berth_api::sandbox::Resources) -> u32 {
 /// Every resource field set, so v1 (`memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`,
 /// `cpu.cfs_quota_us`, `cpu.shares`, `pids.max`, `blkio.weight` / `blkio.bfq.weight`)
 /// and v2 (`memory.max`, `memory.swap.max`, `cpu.max`, `cpu.weight`, `pids.max`,
-/// `io.weight` / `io.bfq.weight`) get the same limits from libcgroups.
+/// `io.weight` / `io.bfq.weight`) get the same limits from libcgroups. On v2 without
+/// BFQ the io weight goes in the `unified` map as `io.weight` (see
+/// [`IoWeightSupport::IoWeight`] for why not through libcgroups' conversion), and
+/// `memory.swap.max` is given there too (libcgroups never writes a swap limit of 0).
 pub fn resources(req: &CreateRequest) -> Result<LinuxResources, OciSpecError> {
     let r = req.resources.unwrap_or_default();
     let mut builder = LinuxResourcesBuilder::default();
+    // Files written as they are on v2, after libcgroups' own.
+    let mut unified = HashMap::new();
     if r.memory_bytes > 0 {
         let limit = i64::try_from(r.memory_bytes).unwrap_or(i64::MAX);
         // OCI `swap` is memory + swap (v1 memsw); libcgroups' v2 manager subtracts
@@ -271,6 +278,11 @@ pub fn resources(req: &CreateRequest) -> Result<LinuxResources, OciSpecError> {
                 .swap(swap)
                 .build()?,
         );
+        // libcgroups 0.7 skips writing a v2 swap limit of 0 (its "unset"), which
+        // left memory.swap.max at "max": no swap must be written explicitly.
+        if crate::cgroup::v2_swap_limits() {
+            unified.insert("memory.swap.max".to_string(), r.swap_bytes.to_string());
+        }
     }
     let mut cpu = LinuxCpuBuilder::default().shares(weight_to_shares(cpu_weight(&r)));
     if r.cpu_millis > 0 {
@@ -290,7 +302,22 @@ pub fn resources(req: &CreateRequest) -> Result<LinuxResources, OciSpecError> {
     } else {
         u16::try_from(r.io_weight.clamp(10, 1000)).unwrap_or(DEFAULT_IO_WEIGHT)
     };
-    builder = builder.block_io(LinuxBlockIoBuilder::default().weight(io_weight).build()?);
+    builder = match crate::cgroup::io_weight_support() {
+        IoWeightSupport::Blkio => {
+            builder.block_io(LinuxBlockIoBuilder::default().weight(io_weight).build()?)
+        }
+        IoWeightSupport::IoWeight => {
+            unified.insert(
+                "io.weight".to_string(),
+                crate::cgroup::blkio_to_io_weight(io_weight).to_string(),
+            );
+            builder
+        }
+        IoWeightSupport::Unsupported => builder,
+    };
+    if !unified.is_empty() {
+        builder = builder.unified(unified);
+    }
     // Deny every device first: a new v1 devices cgroup inherits its parent's
     // `a *:* rwm`, and libcgroups only appends its allow-list (null, zero, full, tty,
     // random, urandom, ptmx, pts) after the spec's rules. Without this, CAP_MKNOD
@@ -418,6 +445,24 @@ mod tests {
         }
     }
 
+    /// The io weight is in the file this host's cgroups offer.
+    fn assert_io_weight(res: &LinuxResources, weight: u16) {
+        match crate::cgroup::io_weight_support() {
+            IoWeightSupport::Blkio => {
+                assert_eq!(res.block_io().as_ref().unwrap().weight(), Some(weight))
+            }
+            IoWeightSupport::IoWeight => {
+                assert!(res.block_io().is_none());
+                let unified = res.unified().as_ref().unwrap();
+                assert_eq!(
+                    unified["io.weight"],
+                    crate::cgroup::blkio_to_io_weight(weight).to_string()
+                );
+            }
+            IoWeightSupport::Unsupported => assert!(res.block_io().is_none()),
+        }
+    }
+
     #[test]
     fn spec_has_berth_shape() {
         let spec = build(&request()).unwrap();
@@ -463,13 +508,17 @@ mod tests {
         let mem = res.memory().as_ref().unwrap();
         assert_eq!(mem.limit(), Some(64 << 20));
         assert_eq!(mem.swap(), Some(80 << 20));
+        if crate::cgroup::v2_swap_limits() {
+            let unified = res.unified().as_ref().unwrap();
+            assert_eq!(unified["memory.swap.max"], (16u64 << 20).to_string());
+        }
         let cpu = res.cpu().as_ref().unwrap();
         assert_eq!(cpu.quota(), Some(50_000));
         assert_eq!(cpu.period(), Some(100_000));
         // 500 millis -> weight 50 -> 512 shares.
         assert_eq!(cpu.shares(), Some(512));
         assert_eq!(res.pids().as_ref().unwrap().limit(), 100);
-        assert_eq!(res.block_io().as_ref().unwrap().weight(), Some(500));
+        assert_io_weight(res, 500);
 
         let mounts = spec.mounts().as_ref().unwrap();
         let dests: Vec<_> = mounts.iter().map(|m| m.destination().clone()).collect();
@@ -548,7 +597,7 @@ mod tests {
         let cpu = res.cpu().as_ref().unwrap();
         assert_eq!((cpu.quota(), cpu.shares()), (None, Some(1024)));
         assert!(res.pids().is_none());
-        assert_eq!(res.block_io().as_ref().unwrap().weight(), Some(100));
+        assert_io_weight(res, 100);
         assert!(linux.uid_mappings().is_none());
         let types: Vec<_> = linux
             .namespaces()

@@ -15,6 +15,8 @@ use berth_api::sandbox::{
 };
 use tonic::transport::Channel;
 
+mod cgroupfs;
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -208,12 +210,7 @@ fn zombies_of(parent: u32) -> usize {
 }
 
 fn memory_cgroup(site: &str, id: &str) -> PathBuf {
-    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/berth/{site}/{id}"));
-    if Path::new("/sys/fs/cgroup/memory").is_dir() {
-        v1
-    } else {
-        PathBuf::from(format!("/sys/fs/cgroup/berth/{site}/{id}"))
-    }
+    cgroupfs::memory_dir(site, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,15 +337,10 @@ async fn sandbox_lifecycle() {
     );
 
     // Cgroup with the memory limit.
+    eprintln!("cgroup layout: {}", cgroupfs::layout());
     let memcg = memory_cgroup(&site, &id);
     assert!(memcg.is_dir(), "no cgroup at {}", memcg.display());
-    let limit_file = if memcg.join("memory.limit_in_bytes").exists() {
-        "memory.limit_in_bytes"
-    } else {
-        "memory.max"
-    };
-    let limit = std::fs::read_to_string(memcg.join(limit_file)).unwrap();
-    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    assert_eq!(cgroupfs::memory_limit(&site, &id), Some(64 << 20));
     let procs = std::fs::read_to_string(memcg.join("cgroup.procs")).unwrap();
     assert!(
         procs.lines().any(|l| l.trim() == pid.to_string()),
@@ -372,7 +364,10 @@ async fn sandbox_lifecycle() {
             .map(|r| r.into_inner())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "Wait returned while the sandbox runs");
+    assert!(
+        !waiter.is_finished(),
+        "Wait returned while the sandbox runs"
+    );
 
     // sh as pid 1 ignores SIGTERM: killed after the grace period.
     let t = Instant::now();
@@ -412,7 +407,7 @@ async fn sandbox_lifecycle() {
         "cgroup {} left after delete",
         memcg.display()
     );
-    assert!(!Path::new(&format!("/sys/fs/cgroup/pids/berth/{site}/{id}")).exists());
+    assert!(!cgroupfs::dir("pids", &site, &id).exists());
     assert!(!dir.join("state/bundles").join(&id).exists());
     assert!(!dir.join("state/containers").join(&id).exists());
     client.delete(SandboxId { id: id.clone() }).await.unwrap();
@@ -548,6 +543,8 @@ async fn sandbox_lifecycle() {
         "{oomed:?}; log: {:?}",
         std::fs::read_to_string(&log4)
     );
+    let kills = cgroupfs::oom_kills(&site, &id4);
+    assert!(kills >= 1, "the kernel counted {kills} OOM kills");
     let metrics = daemon.metrics();
     assert!(
         metrics.contains(&format!(
@@ -571,9 +568,7 @@ async fn sandbox_lifecycle() {
     let status = daemon.terminate();
     assert!(status.success(), "sandboxd exited with {status}");
     assert!(!daemon.socket.exists(), "socket left after shutdown");
-    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
-    }
+    cgroupfs::remove_site(&site);
 }
 
 /// A restarted daemon knows the sandboxes of the previous one, can stop a running
@@ -639,9 +634,7 @@ async fn records_survive_restart() {
     assert!(!memory_cgroup(&site, &id).exists());
     let list = client.list(ListRequest {}).await.unwrap().into_inner();
     assert!(list.sandboxes.is_empty(), "{list:?}");
-    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(controller.path().join("berth").join(&site));
-    }
+    cgroupfs::remove_site(&site);
 }
 
 /// Host id range of the hardened test sandboxes (unique per test process).
@@ -662,11 +655,6 @@ fn status_field(pid: i32, key: &str) -> String {
         .lines()
         .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-fn cgroup_file(controller: &str, site: &str, id: &str, file: &str) -> String {
-    let path = format!("/sys/fs/cgroup/{controller}/berth/{site}/{id}/{file}");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
 /// Every property of a hardened sandbox, checked from inside (the app's log) and
@@ -814,25 +802,35 @@ while :; do sleep 1; done
     assert!(!Path::new(&format!("/proc/{pid}/root/dev/kmsg")).exists());
     assert!(!Path::new(&format!("/proc/{pid}/root/dev/mem")).exists());
 
-    // Weights and limits in the cgroup files (v1 here; v2 in the spec unit tests).
-    if Path::new("/sys/fs/cgroup/cpu").is_dir() {
-        assert_eq!(cgroup_file("cpu", &site, &id, "cpu.shares").trim(), "2048");
-        assert_eq!(
-            cgroup_file("cpu", &site, &id, "cpu.cfs_quota_us").trim(),
-            "50000"
-        );
-        assert_eq!(cgroup_file("pids", &site, &id, "pids.max").trim(), "64");
-        assert_eq!(
-            cgroup_file("memory", &site, &id, "memory.memsw.limit_in_bytes").trim(),
-            (64u64 << 20).to_string()
-        );
-        let blkio = cgroup_file("blkio", &site, &id, "blkio.bfq.weight");
-        assert!(blkio.contains("300"), "blkio.bfq.weight: {blkio}");
+    // Weights and limits in the cgroup files, on either layout.
+    assert_eq!(cgroupfs::memory_limit(&site, &id), Some(64 << 20));
+    assert_eq!(cgroupfs::swap_limit(&site, &id), Some(0), "swap_bytes: 0");
+    assert_eq!(cgroupfs::cpu_max(&site, &id), (Some(50_000), 100_000));
+    // cpu_weight 200 is twice the default: 2048 shares.
+    assert_eq!(
+        cgroupfs::cpu_weight_raw(&site, &id),
+        cgroupfs::expected_cpu_weight_raw(2048),
+        "cpu weight on {}",
+        cgroupfs::layout()
+    );
+    assert_eq!(cgroupfs::pids_max(&site, &id), Some(64));
+    let (io_file, io_weight) = cgroupfs::io_weight(&site, &id);
+    let want_io = if io_file.contains("bfq") || io_file == "blkio.weight" {
+        300
     } else {
-        let dir = format!("/sys/fs/cgroup/berth/{site}/{id}");
-        let weight = std::fs::read_to_string(format!("{dir}/cpu.weight")).unwrap();
-        assert!(weight.trim().parse::<u32>().unwrap() > 100, "{weight}");
-    }
+        // v2 io.weight is 1-10000: libcgroups maps 10-1000 linearly onto it.
+        1 + (300 - 10) * 9999 / 990
+    };
+    assert_eq!(io_weight, want_io, "{io_file} on {}", cgroupfs::layout());
+    eprintln!(
+        "{}: memory {:?}, swap {:?}, cpu {:?}, cpu weight {}, pids {:?}, {io_file} {io_weight}",
+        cgroupfs::layout(),
+        cgroupfs::memory_limit(&site, &id),
+        cgroupfs::swap_limit(&site, &id),
+        cgroupfs::cpu_max(&site, &id),
+        cgroupfs::cpu_weight_raw(&site, &id),
+        cgroupfs::pids_max(&site, &id),
+    );
 
     // Stats through the API and as metrics.
     let stats = client
@@ -850,10 +848,7 @@ while :; do sleep 1; done
     assert!(metrics.contains(&series), "{metrics}");
 
     // Stop: the daemonized grandchild ignoring SIGTERM dies with the cgroup.
-    let procs: Vec<i32> = cgroup_file("pids", &site, &id, "cgroup.procs")
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    let procs = cgroupfs::procs(&site, &id);
     assert!(procs.len() >= 3, "{procs:?}");
     let stopped = client
         .stop(StopRequest {
