@@ -192,6 +192,14 @@ fn seaweedfs_restart_during_writes_is_a_pause_and_loses_nothing() {
 
     std::thread::sleep(Duration::from_secs(2));
     let killed = Instant::now();
+    // By hand, a longer outage: BERTH_TEST_S3_OUTAGE_SECS=N keeps weed down N s.
+    if let Some(secs) = std::env::var("BERTH_TEST_S3_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        weed.kill9();
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     weed.restart();
     let back = killed.elapsed();
     std::thread::sleep(Duration::from_secs(3));
