@@ -6,9 +6,11 @@
 //! - [`volume`]: FUSE client ↔ fsd, inode-level file operations on a volume.
 //! - [`rest`]: JSON bodies of the controller's public REST API (used by the CLI).
 //! - [`names`]: validation of user-chosen names shared by the API and the CLI.
+//! - [`size`]: byte sizes with units, as flags spell them.
 
 pub mod names;
 pub mod rest;
+pub mod size;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod control {

@@ -67,7 +67,7 @@ enum Cmd {
         registry_ca: Option<PathBuf>,
         /// Disk the worker's image store may use before unused images are removed
         /// (the agent's --image-budget, e.g. 10GiB).
-        #[arg(long, value_name = "SIZE")]
+        #[arg(long, value_name = "SIZE", value_parser = parse_image_budget)]
         image_budget: Option<String>,
     },
     /// Manage sites.
@@ -490,4 +490,9 @@ async fn wait_ready_with(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `--image-budget`: checked here, passed on to the agent as written.
+fn parse_image_budget(s: &str) -> Result<String, String> {
+    berth_api::size::parse_size(s).map(|_| s.trim().to_string())
 }

@@ -32,25 +32,13 @@ struct Args {
     /// Cap of each sandbox's log file, in bytes: past it the newest bytes up to the
     /// cap are kept in `<log>.1` and the file starts again (K, M, G suffixes: powers
     /// of 1024).
-    #[arg(long, env = "BERTH_SANDBOXD_LOG_MAX_BYTES", default_value = "10M", value_parser = parse_size)]
+    #[arg(long, env = "BERTH_SANDBOXD_LOG_MAX_BYTES", default_value = "10M", value_parser = parse_log_cap)]
     log_max_bytes: u64,
 }
 
-/// `10M` = 10 MiB; a plain number is bytes. At least 4 KiB.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a size: give bytes or a number with K, M or G, e.g. 10M")
-    })?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+/// A log cap: a size as `berth_api::size` spells it, at least 4 KiB.
+fn parse_log_cap(s: &str) -> Result<u64, String> {
+    let bytes = berth_api::size::parse_size(s)?;
     if bytes < 4096 {
         return Err(format!("{s:?} is below the smallest log cap of 4K"));
     }
