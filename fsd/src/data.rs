@@ -42,8 +42,8 @@ const MAX_DIRTY_CHUNKS: usize = 8;
 /// When all inodes together hold more dirty chunks than this (256 MiB), a write
 /// flushes its inode before returning.
 const MAX_TOTAL_DIRTY_CHUNKS: usize = 64;
-/// Chunks kept in the clean read cache (shared by all inodes).
-const CACHE_CHUNKS: usize = 16;
+/// Bytes of clean chunks kept in the read cache (shared by all inodes): 256 MiB.
+const CACHE_BYTES: usize = 256 << 20;
 /// Concurrent object uploads of one flush.
 const UPLOAD_PARALLELISM: usize = 4;
 
@@ -104,7 +104,7 @@ impl ChunkStore {
             opened: Mutex::new(std::collections::HashSet::new()),
             open_lock: AsyncMutex::new(()),
             inodes: Mutex::new(HashMap::new()),
-            cache: Arc::new(ChunkCache::new(CACHE_CHUNKS)),
+            cache: Arc::new(ChunkCache::new(CACHE_BYTES)),
             dirty_total: Arc::new(AtomicUsize::new(0)),
         }
     }
