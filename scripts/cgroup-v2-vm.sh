@@ -8,12 +8,14 @@
 # /sys/fs/cgroup with +cpu +memory +pids +io enabled in the subtree, and runs the SAME
 # test binaries (sandboxd's lib unit tests and tests/daemon.rs) there as root.
 #
-# Run by hand, as root, ideally on a machine with /dev/kvm (else TCG, slower). NOT run in CI (it needs KVM and
+# Run by hand, as root, ideally on a machine with /dev/kvm (else TCG, slower).
+# Results and what it found: docs/security.md, "cgroup v2" under Resources. NOT run in CI (it needs KVM and
 # downloads a kernel package). Usage:
 #
 #   sudo scripts/cgroup-v2-vm.sh            # build the tests, boot, run, exit with their code
 #   sudo scripts/cgroup-v2-vm.sh --no-build # reuse the test binaries built last time
-#   sudo scripts/cgroup-v2-vm.sh -- FILTER  # pass a test-name filter to the test binaries
+#   sudo scripts/cgroup-v2-vm.sh -- ARGS... # pass arguments to every test binary
+#                                           # (e.g. -- hardened_sandbox --nocapture)
 #
 # Environment: BERTH_CGV2_CACHE (default /var/cache/berth-cgv2: kernel, initramfs),
 # BERTH_CGV2_MEM (guest memory, default 2G), BERTH_CGV2_CPUS (default 2),
@@ -46,7 +48,7 @@ repo="$(dirname "$here")"
 # Guest side: runs inside the VM, in the chroot onto the host's root.
 # ---------------------------------------------------------------------------------
 guest_main() {
-    local filter="${1:-}"
+    local args=("$@")
     cd "$repo"
     echo "== guest: kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
     echo "== guest: /sys/fs/cgroup is $(stat -f -c %T /sys/fs/cgroup)"
@@ -62,10 +64,10 @@ guest_main() {
     while read -r bin; do
         [[ -n "$bin" ]] || continue
         name="$(basename "$bin")"
-        echo "== guest: running $name ${filter:+(filter $filter)}"
+        echo "== guest: running $name ${args[*]}"
         local start=$SECONDS
         # --test-threads=1 is not needed (the tests use unique names); keep cargo's default.
-        if "$bin" ${filter:+"$filter"} 2>&1; then
+        if "$bin" "${args[@]}" 2>&1; then
             echo "== guest: $name passed in $((SECONDS - start)) s"
         else
             local r=$?
@@ -94,11 +96,11 @@ fi
 # Host side.
 # ---------------------------------------------------------------------------------
 build=1
-filter=""
+test_args=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --no-build) build=0 ;;
-    --) shift; filter="${1:-}"; break ;;
+    --) shift; test_args="$*"; break ;;
     -h | --help) sed -n '2,40p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -215,7 +217,7 @@ ip link set lo up
 # (the process root must be its mount namespace's root), and the tests need user
 # namespaces. The guest script runs as pid 1 and powers the VM off at the end.
 exec switch_root $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root RUST_BACKTRACE=1 /bin/bash "$BERTH_SCRIPT" --guest $BERTH_FILTER
+    HOME=/root RUST_BACKTRACE=1 /bin/bash "$BERTH_SCRIPT" --guest $BERTH_TEST_ARGS
 INIT
 chmod 755 "$ird/init"
 (cd "$ird" && find . | busybox cpio -H newc -o 2>/dev/null | gzip -1) > "$initrd"
@@ -265,7 +267,7 @@ timeout "$timeout_s" qemu-system-x86_64 \
     -nodefaults -no-user-config -nographic -no-reboot \
     -serial stdio -monitor none \
     -kernel "$kroot/boot/vmlinuz-$kver" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 cgroup_no_v1=all rdinit=/init BERTH_SCRIPT=$repo/scripts/cgroup-v2-vm.sh BERTH_FILTER=$filter" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 cgroup_no_v1=all rdinit=/init BERTH_SCRIPT=$repo/scripts/cgroup-v2-vm.sh BERTH_TEST_ARGS=\"$test_args\"" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     </dev/null 2>&1 | tee "$consolelog"
 qrc=${PIPESTATUS[0]}
