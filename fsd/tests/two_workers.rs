@@ -126,6 +126,28 @@ fn close_to_open_between_two_workers() {
         assert_eq!(got, expected, "after append {round}");
     }
 
+    // Same size and the old mtime put back (tar, rsync -t, cp -p do that): the other
+    // worker must still not keep its cached pages of the old contents.
+    fs::write(a.join("stamped"), b"AAAA").unwrap();
+    let mtime = fs::metadata(a.join("stamped")).unwrap().modified().unwrap();
+    assert_eq!(fs::read(b.join("stamped")).unwrap(), b"AAAA");
+    let f = fs::File::options()
+        .write(true)
+        .open(a.join("stamped"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"BBBB", 0).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::metadata(a.join("stamped")).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert_eq!(
+        fs::read(b.join("stamped")).unwrap(),
+        b"BBBB",
+        "stale cached pages after a same-size write with the mtime put back"
+    );
+
     // A rename over an existing file on one worker: the other opens the new contents.
     fs::write(b.join("config"), b"v1").unwrap();
     assert_eq!(fs::read(a.join("config")).unwrap(), b"v1");

@@ -58,8 +58,10 @@ impl Ttls {
 pub struct AttrCache {
     ttl: Duration,
     inner: Mutex<HashMap<u64, (Attr, Instant)>>,
-    /// (mtime, size) of each file when it was last opened through this mount.
-    opened: Mutex<HashMap<u64, (i64, u64)>>,
+    /// (mtime, ctime, size) of each file when it was last opened through this mount.
+    /// ctime is in it because mtime alone can be set back (tar, `cp -p`, `rsync -t`)
+    /// after a same-size write; ctime is the server's clock at every change.
+    opened: Mutex<HashMap<u64, (i64, i64, u64)>>,
 }
 
 /// Entries kept at most; the cache is emptied when it grows past this.
@@ -82,7 +84,7 @@ impl AttrCache {
         if opened.len() >= ATTR_CACHE_MAX {
             opened.clear();
         }
-        let now = (attr.mtime_ns, attr.size);
+        let now = (attr.mtime_ns, attr.ctime_ns, attr.size);
         opened.insert(attr.ino, now) == Some(now)
     }
 
