@@ -365,6 +365,12 @@ fn flock_excludes_across_workers_and_goes_with_its_holder() {
     flock(&fa, libc::LOCK_SH | nb).unwrap();
     assert_eq!(flock(&fa, libc::LOCK_EX | nb), Err(libc::EWOULDBLOCK));
     flock(&fa, libc::LOCK_UN).unwrap();
+    // As on Linux NFS, flock and fcntl locks share one table: they conflict.
+    assert_eq!(
+        setlk(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 1),
+        Err(libc::EAGAIN),
+        "an fcntl lock was granted over another worker's flock"
+    );
     // The lock belongs to the open file: closing it frees it.
     drop(fb);
     let after_close = time_until(|| flock(&fa, libc::LOCK_EX | nb), Duration::from_secs(3));
