@@ -48,8 +48,21 @@ impl Weed {
             ports: std::array::from_fn(|_| free_port()),
             starts: 0,
         };
-        weed.spawn();
-        weed
+        // A port picked free can be taken by a parallel test before weed binds it;
+        // weed then exits at once: pick new ports and try again.
+        for attempt in 1..=3 {
+            match weed.spawn() {
+                Ok(()) => return weed,
+                Err(status) if attempt < 3 => {
+                    eprintln!("weed exited early with {status}; retrying on other ports");
+                    weed.ports = std::array::from_fn(|_| free_port());
+                }
+                Err(status) => {
+                    panic!("weed exited early with {status}; log:\n{}", weed.log_tail())
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// `http://127.0.0.1:<s3 port>`.
@@ -75,7 +88,8 @@ impl Weed {
         ]
     }
 
-    fn spawn(&mut self) {
+    /// Starts weed and waits until ready; `Err` with its exit status if it died.
+    fn spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let which = Command::new("sh")
             .args(["-c", "command -v weed"])
             .output()
@@ -117,12 +131,12 @@ impl Weed {
             .spawn()
             .expect("starting weed server");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Waits until a PUT and GET of a probe object succeed (the S3 port answers
     /// before the master has a leader and a volume server; writes fail until then).
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let started = Instant::now();
         let store = AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
@@ -156,10 +170,11 @@ impl Weed {
             });
             if ok {
                 eprintln!("weed ready after {:?}", started.elapsed());
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("weed exited early with {status}; log:\n{}", self.log_tail());
+                self.child = None;
+                return Err(status);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
@@ -188,7 +203,13 @@ impl Weed {
     /// SIGKILL, then start again on the same ports and data; waits until ready.
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
+        // Same ports: the master's state names its address.
+        if let Err(status) = self.spawn() {
+            panic!(
+                "weed exited early on restart with {status}; log:\n{}",
+                self.log_tail()
+            );
+        }
     }
 }
 
