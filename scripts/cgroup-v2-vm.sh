@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs sandboxd's real tests on cgroup v2, inside a throw-away KVM guest.
+# Runs sandboxd's real tests on cgroup v2, inside a throw-away VM (KVM, else TCG).
 #
 # Why: the worker machines Berth is developed on have the cgroup v1 hybrid layout
 # (no controllers on the unified hierarchy), so `cargo test -p berth-sandboxd` there
@@ -8,9 +8,9 @@
 # /sys/fs/cgroup with +cpu +memory +pids +io enabled in the subtree, and runs the SAME
 # test binaries (sandboxd's lib unit tests and tests/daemon.rs) there as root.
 #
-# Run by hand, as root, ideally on a machine with /dev/kvm (else TCG, slower).
-# Results and what it found: docs/security.md, "cgroup v2" under Resources. NOT run in CI (it needs KVM and
-# downloads a kernel package). Usage:
+# Run by hand, as root, ideally on a machine with /dev/kvm (else TCG, slower). NOT run
+# in CI: it downloads a kernel package and boots a VM for minutes. Results and what it
+# found: docs/security.md, the "cgroup v2" paragraph under Resources. Usage:
 #
 #   sudo scripts/cgroup-v2-vm.sh            # build the tests, boot, run, exit with their code
 #   sudo scripts/cgroup-v2-vm.sh --no-build # reuse the test binaries built last time
@@ -31,9 +31,10 @@
 #      cache directory. Nothing is installed on the host.
 #   3. Builds an initramfs: static busybox, the modules needed to mount the host's
 #      root over virtio-9p (virtio_pci, 9pnet_virtio, 9p, netfs, fscache, ...), overlay,
-#      veth and bfq, with their dependencies resolved from modules.dep and insmod'ed
-#      in dependency order.
-#   4. Boots the kernel under KVM (TCG when KVM does not work, see step 5 below).
+#      veth (and bfq with BERTH_CGV2_BFQ=1), with their dependencies resolved from
+#      modules.dep (made with `busybox depmod`) and insmod'ed in dependency order.
+#   4. Boots the kernel under KVM, or TCG emulation when a 15 s KVM probe does not
+#      print the kernel banner (nested KVM on AMD EPYC here hangs in the decompressor).
 #      The guest mounts the host's / read-only over 9p, tmpfs on /tmp, /run, /var/tmp
 #      and /root, cgroup2 on /sys/fs/cgroup, switch_root's into it and runs the test
 #      binaries found by `cargo test -p berth-sandboxd --no-run`.
