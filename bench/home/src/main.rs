@@ -79,8 +79,8 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// One target's results.
-#[derive(Debug, Default, Clone)]
+/// One target's results (NaN: the phase failed).
+#[derive(Debug, Clone)]
 struct Row {
     create: f64,
     stat: f64,
@@ -89,15 +89,51 @@ struct Row {
     remove: f64,
     seq_write: f64,
     seq_read: f64,
-    app: Duration,
+    /// Seconds.
+    app: f64,
+    /// The same start again right after, caches warm (nothing dropped, no remount).
+    app_warm: f64,
+}
+
+impl Default for Row {
+    fn default() -> Self {
+        Self {
+            create: f64::NAN,
+            stat: f64::NAN,
+            write_small: f64::NAN,
+            read_small: f64::NAN,
+            remove: f64::NAN,
+            seq_write: f64::NAN,
+            seq_read: f64::NAN,
+            app: f64::NAN,
+            app_warm: f64::NAN,
+        }
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn bench_target(t: &mut Target, a: &Args) -> Result<Row> {
+/// Runs the three groups of phases; a failed group is reported and left NaN.
+fn bench_target(t: &mut Target, a: &Args) -> Row {
     let mut row = Row::default();
+    type Group = fn(&mut Target, &Args, &mut Row) -> Result<()>;
+    let groups: [(&str, Group); 3] = [
+        ("small files", small_files),
+        ("sequential", sequential),
+        ("app start", app_start),
+    ];
+    for (group, run) in groups {
+        match run(t, a, &mut row) {
+            Ok(()) => eprintln!("  {}: {group} done", t.kind.name()),
+            Err(err) => eprintln!("  {}: {group} FAILED: {err:#}", t.kind.name()),
+        }
+    }
+    row
+}
+
+fn small_files(t: &mut Target, a: &Args, row: &mut Row) -> Result<()> {
     let n = a.files;
     let meta = t.dir.join("mdtest");
     t.cold()?;
@@ -112,8 +148,10 @@ fn bench_target(t: &mut Target, a: &Args) -> Result<Row> {
     row.read_small = rate(n, work::read_small(&meta, n, work::SMALL)?);
     t.cold()?;
     row.remove = rate(n, work::remove_all(&meta, n)?);
-    eprintln!("  {}: small files done", t.kind.name());
+    Ok(())
+}
 
+fn sequential(t: &mut Target, a: &Args, row: &mut Row) -> Result<()> {
     let seq = t.dir.join("seq.bin");
     t.cold()?;
     let mib = a.seq_mib as f64;
@@ -121,8 +159,10 @@ fn bench_target(t: &mut Target, a: &Args) -> Result<Row> {
     t.cold()?;
     row.seq_read = mib / work::seq_read(&seq, a.seq_mib)?.as_secs_f64();
     fs::remove_file(&seq)?;
-    eprintln!("  {}: sequential done", t.kind.name());
+    Ok(())
+}
 
+fn app_start(t: &mut Target, a: &Args, row: &mut Row) -> Result<()> {
     let app = t.dir.join("app");
     let started = Instant::now();
     let bytes = work::make_app_tree(&app, a.app_files)?;
@@ -136,29 +176,52 @@ fn bench_target(t: &mut Target, a: &Args) -> Result<Row> {
     t.cold()?;
     let (took, files) = work::app_start(&app)?;
     anyhow::ensure!(files == a.app_files, "app start read {files} files");
-    row.app = took;
-    Ok(row)
+    row.app = took.as_secs_f64();
+    row.app_warm = work::app_start(&app)?.0.as_secs_f64();
+    Ok(())
 }
 
-/// The local-cache variant: the app tree is copied from Berth's `/home` to local disk
-/// before the start (as the agent does with `local_cache` on), then started from there.
-fn bench_local_cache(t: &mut Target, a: &Args) -> Result<(Duration, Duration)> {
+/// Cold start of the local disk's app tree again, right before or after another
+/// measurement, so both see the (shared, noisy) disk in the same state.
+fn local_again(a: &Args) -> Result<Option<f64>> {
+    let app = a.work.join("mnt-local").join("app");
+    if !app.exists() {
+        return Ok(None);
+    }
+    drop_caches()?;
+    Ok(Some(work::app_start(&app)?.0.as_secs_f64()))
+}
+
+/// The local-cache variant, in seconds.
+struct LocalCache {
+    /// Copying the app tree from Berth's `/home` to local disk, 8 files at a time as
+    /// the agent does before an instance with `local_cache` starts.
+    copy: f64,
+    /// Cold start from that copy.
+    start: f64,
+    /// Cold start of the local disk's own tree, measured right after.
+    local: Option<f64>,
+}
+
+fn bench_local_cache(t: &mut Target, a: &Args) -> Result<LocalCache> {
     let copy = a.work.join("localcache");
     if copy.exists() {
         fs::remove_dir_all(&copy)?;
     }
     t.cold()?;
     let started = Instant::now();
-    run(Command::new("cp")
-        .arg("-a")
-        .arg(t.dir.join("app"))
-        .arg(&copy))?;
-    let copy_time = started.elapsed();
+    work::copy_tree(&t.dir.join("app"), &copy, 8)?;
+    let copy_time = started.elapsed().as_secs_f64();
     drop_caches()?;
     let (took, files) = work::app_start(&copy)?;
     anyhow::ensure!(files == a.app_files, "app start read {files} files");
+    let local = local_again(a)?;
     fs::remove_dir_all(&copy)?;
-    Ok((copy_time, took))
+    Ok(LocalCache {
+        copy: copy_time,
+        start: took.as_secs_f64(),
+        local,
+    })
 }
 
 fn fs_type(path: &Path) -> String {
@@ -197,7 +260,8 @@ fn main() -> Result<()> {
         weed.make_bucket(bucket)?;
     }
     let fsd_port = a.port_base + 20;
-    let _fsd = start_fsd(&a.fsd, &a.work, &weed, fsd_port)?;
+    let mut fsd = start_fsd(&a.fsd, &a.work, &weed, fsd_port)?;
+    let mut server_cold = None;
 
     let mut rows: Vec<(Kind, Row)> = Vec::new();
     let mut cache = None;
@@ -205,29 +269,38 @@ fn main() -> Result<()> {
         let mut t = Target::new(kind, &a.work, &weed, &a.fsd, fsd_port);
         t.mount()?;
         eprintln!("{}:", kind.name());
-        match bench_target(&mut t, &a) {
-            Ok(row) => rows.push((kind, row)),
-            Err(err) => {
-                eprintln!("benchmarking {} failed: {err:#}", kind.name());
-                continue;
-            }
-        }
+        rows.push((kind, bench_target(&mut t, &a)));
         if kind == Kind::Berth {
             cache = Some(bench_local_cache(&mut t, &a)?);
+            // Fully cold: the file server restarted too, its chunk cache empty.
+            t.unmount();
+            drop(fsd);
+            fsd = start_fsd(&a.fsd, &a.work, &weed, fsd_port)?;
+            t.mount()?;
+            drop_caches()?;
+            let (took, _) = work::app_start(&t.dir.join("app"))?;
+            server_cold = Some((took.as_secs_f64(), local_again(&a)?));
         }
         t.unmount();
     }
-    report(&a, &local_fs, &rows, cache);
+    report(&a, &local_fs, &rows, cache, server_cold);
+    drop(fsd);
     Ok(())
 }
 
-fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duration, Duration)>) {
+fn report(
+    a: &Args,
+    local_fs: &str,
+    rows: &[(Kind, Row)],
+    cache: Option<LocalCache>,
+    server_cold: Option<(f64, Option<f64>)>,
+) {
     println!(
-        "\n{} small files (mdtest-style, one thread), {} MiB sequential in 1 MiB blocks, app start of {} files; every phase cold",
+        "\n{} small files (mdtest-style, one thread), {} MiB sequential in 1 MiB blocks, app start of {} files; every phase cold (client remounted, kernel caches dropped; servers keep their caches)",
         a.files, a.seq_mib, a.app_files
     );
     println!(
-        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
         "ops/s | MiB/s",
         "create",
         "stat",
@@ -236,7 +309,8 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
         "remove",
         "seq write",
         "seq read",
-        "app s"
+        "app s",
+        "warm s"
     );
     for (kind, r) in rows {
         let name = if *kind == Kind::Local {
@@ -245,7 +319,7 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
             kind.name().to_string()
         };
         println!(
-            "{:<14} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>10.1} {:>9.3}",
+            "{:<14} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>10.1} {:>9.3} {:>9.3}",
             name,
             r.create,
             r.stat,
@@ -254,7 +328,8 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
             r.remove,
             r.seq_write,
             r.seq_read,
-            r.app.as_secs_f64()
+            r.app,
+            r.app_warm
         );
     }
     let get = |k: Kind| {
@@ -265,11 +340,11 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
     let Some(berth) = get(Kind::Berth) else {
         return;
     };
-    println!("\nratios (Berth / peer: rates higher is better; app start time lower is better)");
+    println!("\nratios (Berth / peer: rates higher is better; app start time lower is better; NaN = a phase failed)");
     for peer in [Kind::Local, Kind::S3fs, Kind::Rclone] {
         if let Some(p) = get(peer) {
             println!(
-                "  vs {:<13} create {:>7.1}x  stat {:>7.1}x  write4k {:>6.1}x  read4k {:>6.1}x  remove {:>6.1}x  seq write {:>5.2}x  seq read {:>5.2}x  app start {:>5.2}x time",
+                "  vs {:<13} create {:>7.1}x  stat {:>7.1}x  write4k {:>6.2}x  read4k {:>6.2}x  remove {:>6.2}x  seq write {:>5.2}x  seq read {:>5.2}x  app start {:>5.2}x time (warm {:>5.2}x)",
                 peer.name(),
                 berth.create / p.create,
                 berth.stat / p.stat,
@@ -278,9 +353,16 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
                 berth.remove / p.remove,
                 berth.seq_write / p.seq_write,
                 berth.seq_read / p.seq_read,
-                berth.app.as_secs_f64() / p.app.as_secs_f64()
+                berth.app / p.app,
+                berth.app_warm / p.app_warm
             );
         }
+    }
+    if let Some((start, local)) = server_cold {
+        println!(
+            "  Berth app start with the file server restarted as well (its chunk cache empty): {start:.3} s; local disk cold right after: {}",
+            local.map_or("-".to_string(), |l| format!("{l:.3} s -> {:.2}x", start / l))
+        );
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("\ntargets");
@@ -299,17 +381,19 @@ fn report(a: &Args, local_fs: &str, rows: &[(Kind, Row)], cache: Option<(Duratio
             "  sequential >= 0.8x local disk: write {w:.2}x, read {r:.2}x -> {}",
             verdict(w >= 0.8 && r >= 0.8)
         );
-        let app = berth.app.as_secs_f64() / l.app.as_secs_f64();
+        let app = berth.app / l.app;
         println!(
-            "  5,000-file start <= 2x local disk: {app:.2}x -> {}",
+            "  {}-file start <= 2x local disk: {app:.2}x -> {}",
+            a.app_files,
             verdict(app <= 2.0)
         );
-        if let Some((copy, start)) = cache {
-            let ratio = start.as_secs_f64() / l.app.as_secs_f64();
+        if let Some(c) = cache {
+            let base = c.local.unwrap_or(l.app);
+            let ratio = c.start / base;
             println!(
-                "  with local cache <= 1.1x local disk: {ratio:.2}x ({:.3} s start; the copy before the start took {:.2} s) -> {}",
-                start.as_secs_f64(),
-                copy.as_secs_f64(),
+                "  with local cache <= 1.1x local disk: {ratio:.2}x ({:.3} s from the copy vs {base:.3} s local, both cold, measured back to back; the copy before the start took {:.2} s) -> {}",
+                c.start,
+                c.copy,
                 verdict(ratio <= 1.1)
             );
         }

@@ -205,3 +205,43 @@ pub fn app_start(root: &Path) -> Result<(Duration, usize)> {
     }
     Ok((start.elapsed(), files))
 }
+
+/// Copies the tree `src` to the new directory `dst`: directories first, then files
+/// `threads` at a time (what the agent's local cache does before a start).
+pub fn copy_tree(src: &Path, dst: &Path, threads: usize) -> Result<()> {
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::new()];
+    fs::create_dir_all(dst)?;
+    while let Some(rel) = dirs.pop() {
+        for e in fs::read_dir(src.join(&rel))? {
+            let e = e?;
+            let rel = rel.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                fs::create_dir(dst.join(&rel))?;
+                dirs.push(rel);
+            } else {
+                files.push(rel);
+            }
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(rel) = files.get(i) else {
+                            return Ok(());
+                        };
+                        fs::copy(src.join(rel), dst.join(rel))
+                            .with_context(|| format!("copying {}", rel.display()))?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("copy thread panicked"))
+    })
+}
