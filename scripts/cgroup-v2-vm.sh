@@ -8,8 +8,9 @@
 # /sys/fs/cgroup with +cpu +memory +pids +io enabled in the subtree, and runs the SAME
 # test binaries (sandboxd's lib unit tests and tests/daemon.rs) there as root.
 #
-# Run by hand, as root, ideally on a machine with /dev/kvm (else TCG, slower). NOT run
-# in CI: it downloads a kernel package and boots a VM for minutes. Results and what it
+# Run as root, ideally on a machine with /dev/kvm (else TCG, slower). scripts/test.sh
+# (and so CI) runs it after the workspace tests; about a minute once the kernel package
+# is downloaded. Results and what it
 # found: docs/security.md, the "cgroup v2" paragraph under Resources. Usage:
 #
 #   sudo scripts/cgroup-v2-vm.sh            # build the tests, boot, run, exit with their code

@@ -11,6 +11,7 @@ PKGS=(
   runc                                        # the peer in bench/sandbox
   buildah debootstrap                         # images interop test (buildah --storage-driver vfs), stacks/python rootfs
   nftables                                    # sandbox egress: the agent loads table inet berth with `nft -f -`
+  qemu-system-x86                             # scripts/cgroup-v2-vm.sh: sandboxd's tests on cgroup v2 in a VM
   s3fs rclone                                 # only for bench/home: the FUSE-over-S3 peers Berth's /home is compared with
   git curl jq sqlite3 ca-certificates
 )
