@@ -82,7 +82,11 @@ IFS='&'
 # shellcheck disable=SC2086 # split the query on '&' on purpose
 set -- ${QUERY_STRING:-}
 unset IFS
-/bin/attack "$@" 2>&1
+case "$1" in
+# The web server's stderr is the instance log: log_flood gets it as fd 3.
+log_flood) /bin/attack "$@" 3>&2 2>&1 ;;
+*) /bin/attack "$@" 2>&1 ;;
+esac
 echo "exit: $?"
 CGI
 chmod 0755 "$ROOTFS/www/cgi-bin/attack"

@@ -96,9 +96,15 @@ void case_rootfs_fill(void)
         static char block[1 << 20];
         memset(block, 0x3c, sizeof block);
         long mb = 0;
-        for (; mb < cap_mb; mb++)
-            if (write(fd, block, sizeof block) != (ssize_t)sizeof block)
+        for (; mb < cap_mb; mb++) {
+            ssize_t w = write(fd, block, sizeof block);
+            if (w != (ssize_t)sizeof block) {
+                errno = 0;
+                if (w >= 0 && write(fd, block, 1) < 0 && errno == 0)
+                    errno = EIO;
                 break;
+            }
+        }
         printf("evidence: wrote %ld MiB to the root filesystem before: %s\n", mb,
                mb < cap_mb ? strerror(errno) : "the cap");
         fflush(stdout);
@@ -117,23 +123,31 @@ void case_rootfs_fill(void)
         evidence("root filesystem writer exited %d", WEXITSTATUS(st));
 }
 
-/* Floods the instance log: the CGI's stderr is the web server's, which is the log
- * file. Also preallocates blocks past its end. The host checks the file's size. */
+/* Floods the instance log: fd 3 is the web server's stderr, which is the log file (the
+ * CGI wrapper passes it). Also preallocates blocks past its end. The host checks the
+ * file's size. */
 void case_log_flood(void)
 {
     const long total_mb = 48;
+    struct stat st;
+    if (fstat(3, &st) != 0 || !S_ISREG(st.st_mode)) {
+        /* No RESULT line: the harness reports an error, never a pass. */
+        printf("evidence: fd 3 is not the instance log (%s): cannot run\n", strerror(errno));
+        fflush(stdout);
+        _exit(2);
+    }
     static char block[1 << 20];
     memset(block, 'L', sizeof block);
     for (size_t i = 1023; i < sizeof block; i += 1024)
         block[i] = '\n';
     long mb = 0;
     for (; mb < total_mb; mb++) {
-        if (write(2, block, sizeof block) != (ssize_t)sizeof block)
+        if (write(3, block, sizeof block) != (ssize_t)sizeof block)
             break;
         usleep(40000);
     }
     evidence("wrote %ld MiB to the log", mb);
-    if (fallocate(2, FALLOC_FL_KEEP_SIZE, 0, 64L << 20) == 0)
+    if (fallocate(3, FALLOC_FL_KEEP_SIZE, 0, 64L << 20) == 0)
         evidence("preallocated 64 MiB past the log's end");
     else
         evidence("fallocate on the log: %s", strerror(errno));
