@@ -54,6 +54,11 @@ pub fn site_details(s: &Site) -> String {
         ready_count(s),
         s.created_at
     );
+    if s.local_cache {
+        out.push_str(
+            "/home:      local cache (copied to the worker at each start; writes stay local)\n",
+        );
+    }
     if !s.env.is_empty() {
         out.push_str("env:\n");
         for (k, v) in &s.env {

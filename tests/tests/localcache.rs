@@ -65,6 +65,8 @@ fn local_cache_copies_home_at_start_and_keeps_writes_local() {
 
     u.berth_ok(&["sites", "create", "lc", "--image", &image, "--local-cache"]);
     assert_eq!(u.site("lc")["local_cache"], true, "{}", u.site("lc"));
+    let shown = u.berth_ok(&["sites", "show", "lc"]);
+    assert!(shown.contains("local cache"), "sites show: {shown}");
     let first = instance_ids(&u, "lc").remove(0);
     assert!(
         app_env(&first).contains(&"BERTH_LOCALCACHE_READY=1".to_string()),
