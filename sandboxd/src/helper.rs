@@ -11,6 +11,14 @@
 //!
 //! [`helper_main`] is the helper side; it must run before any thread is started.
 //! [`run`] is the daemon side.
+//!
+//! A standby helper: starting a helper (exec, dynamic linking, runtime set-up) costs
+//! about 2 ms, which used to sit on every create. The daemon keeps one helper
+//! already started and blocked reading its request from stdin ([`STDIN_REQUEST`]);
+//! a request goes to it when it is there, and a new one is started in the background
+//! for the next request. A standby that is gone (killed, or the daemon restarted)
+//! is replaced by a helper started for the request, as before. It exits when its
+//! stdin closes without a request (the daemon stopped).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +38,90 @@ use crate::reaper::Reaper;
 
 /// First argument that selects the helper mode of the binary.
 pub const HELPER_ARG: &str = "__helper";
+
+/// Second argument of a standby helper: read the request from stdin.
+pub const STDIN_REQUEST: &str = "-";
+
+/// A helper started ahead of its request.
+struct Standby {
+    exe: PathBuf,
+    pid: i32,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+}
+
+/// The one standby helper (taken by the next request).
+static STANDBY: std::sync::Mutex<Option<Standby>> = std::sync::Mutex::new(None);
+
+/// Starts a standby helper of `exe` unless one is waiting. Call only after the
+/// reaper runs (it reaps every helper). Failures are logged: requests then start
+/// their own helper.
+pub fn prepare_standby(exe: &Path) {
+    if STANDBY.lock().expect("standby lock poisoned").is_some() {
+        return;
+    }
+    // Started without the lock held: a request meanwhile starts its own helper.
+    let mut child = match Command::new(exe)
+        .arg(HELPER_ARG)
+        .arg(STDIN_REQUEST)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            tracing::warn!(exe = %exe.display(), %err, "starting a standby helper");
+            return;
+        }
+    };
+    // The reaper owns waiting: dropping `child` neither waits nor kills.
+    let standby = Standby {
+        exe: exe.to_path_buf(),
+        pid: child.id() as i32,
+        stdin: child.stdin.take().expect("stdin is piped"),
+        stdout: child.stdout.take().expect("stdout is piped"),
+    };
+    let mut slot = STANDBY.lock().expect("standby lock poisoned");
+    if slot.is_none() {
+        *slot = Some(standby);
+    }
+    // Else another one won the race: dropping this one's stdin makes it exit.
+}
+
+/// Hands `json` to the standby helper of `exe`, if one is there and alive; its pid
+/// and stdout then. Starts the next standby in the background either way.
+fn take_standby(
+    exe: &Path,
+    json: &str,
+    reaper: &Arc<Reaper>,
+) -> Option<(i32, std::process::ChildStdout)> {
+    let taken = STANDBY
+        .lock()
+        .expect("standby lock poisoned")
+        .take()
+        .filter(|s| s.exe == exe);
+    let next = exe.to_path_buf();
+    tokio::task::spawn_blocking(move || prepare_standby(&next));
+    let mut s = taken?;
+    let written = s
+        .stdin
+        .write_all(json.as_bytes())
+        .and_then(|()| s.stdin.write_all(b"\n"));
+    drop(s.stdin);
+    match written {
+        Ok(()) => Some((s.pid, s.stdout)),
+        Err(err) => {
+            tracing::warn!(pid = s.pid, %err, "the standby helper is gone; starting one for the request");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(s.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            reaper.forget(s.pid);
+            None
+        }
+    }
+}
 
 /// How long a helper may take before it is killed.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,21 +197,25 @@ pub async fn run(
     reaper: &Arc<Reaper>,
 ) -> Result<HelperResponse, HelperError> {
     let json = serde_json::to_string(req).expect("helper request serializes");
-    let mut child = Command::new(exe)
-        .arg(HELPER_ARG)
-        .arg(json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|source| HelperError::Spawn {
-            exe: exe.to_path_buf(),
-            source,
-        })?;
-    let pid = child.id() as i32;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    // The reaper owns waiting: dropping `child` neither waits nor kills.
-    drop(child);
+    let (pid, stdout) = match take_standby(exe, &json, reaper) {
+        Some(standby) => standby,
+        None => {
+            let mut child = Command::new(exe)
+                .arg(HELPER_ARG)
+                .arg(json)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|source| HelperError::Spawn {
+                    exe: exe.to_path_buf(),
+                    source,
+                })?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            // The reaper owns waiting: dropping `child` neither waits nor kills.
+            (child.id() as i32, stdout)
+        }
+    };
 
     let read = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -167,9 +263,27 @@ pub async fn run(
     Ok(resp)
 }
 
-/// Entry point of the helper process: runs the request in `arg`, prints one JSON
-/// line, and returns the process exit code. Call before starting any thread.
+/// Entry point of the helper process: runs the request in `arg` (or, when `arg` is
+/// [`STDIN_REQUEST`], the one line read from stdin: a standby helper), prints one
+/// JSON line, and returns the process exit code. Call before starting any thread.
 pub fn helper_main(arg: &str) -> i32 {
+    let stdin_line;
+    let arg = if arg == STDIN_REQUEST {
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            // Stdin closed without a request: the daemon stopped; nothing to do.
+            Ok(0) => return 0,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("sandboxd helper: reading the request from stdin: {e}");
+                return 1;
+            }
+        }
+        stdin_line = line;
+        stdin_line.trim_end()
+    } else {
+        arg
+    };
     let result = serde_json::from_str::<HelperRequest>(arg)
         .map_err(|e| format!("parsing the helper request: {e}"))
         .and_then(|req| execute(&req));

@@ -139,7 +139,14 @@ pub struct Sandboxes {
     changes: tokio::sync::watch::Sender<u64>,
     /// Cap of each sandbox's log file ([`crate::logcap`]).
     log_max_bytes: u64,
+    /// Sites whose last sandbox went, and when: the monitor removes their parent
+    /// cgroup after [`SITE_CGROUP_LINGER`], so a site whose instances are replaced
+    /// one by one does not remove and make it again in every hierarchy each time.
+    emptied_sites: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long an empty site's parent cgroup stays before the monitor removes it.
+pub const SITE_CGROUP_LINGER: Duration = Duration::from_secs(3);
 
 /// State letter and start time (clock ticks since boot) of a process, from
 /// `/proc/<pid>/stat`.
@@ -207,8 +214,11 @@ impl Sandboxes {
             oom_seen: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::channel(0).0,
             log_max_bytes,
+            emptied_sites: Mutex::new(HashMap::new()),
         });
         this.update_gauge();
+        this.remove_orphan_sites();
+        helper::prepare_standby(&this.exe);
         for (id, pid) in adopted {
             tracing::info!(
                 id,
@@ -232,6 +242,7 @@ impl Sandboxes {
     /// One pass of the monitor: reports new OOM kills, refreshes usage gauges and cuts
     /// back log files over the cap, of every sandbox that is not stopped.
     pub fn monitor(&self) {
+        self.remove_emptied_sites();
         let live: Vec<Record> = self
             .records
             .lock()
@@ -264,6 +275,53 @@ impl Sandboxes {
                 .pids
                 .get_or_create(&labels)
                 .set(gauge(usage.pids));
+        }
+    }
+
+    /// At start: removes the parent cgroups of sites with no sandbox on record (the
+    /// previous daemon stopped before their linger was over).
+    fn remove_orphan_sites(&self) {
+        let Ok(root) = SandboxCgroup::locate(Path::new("/berth")) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(root.memory_dir()) else {
+            return;
+        };
+        let records = self.records.lock().expect("records poisoned");
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let site = e.file_name().to_string_lossy().into_owned();
+            if !records.values().any(|r| r.site == site) {
+                crate::cgroup::remove_site_dirs(&spec::site_cgroup_path(&site));
+            }
+        }
+    }
+
+    /// Removes the parent cgroup of every site that has had no sandbox for
+    /// [`SITE_CGROUP_LINGER`].
+    fn remove_emptied_sites(&self) {
+        let due: Vec<String> = {
+            let mut emptied = self.emptied_sites.lock().expect("emptied_sites poisoned");
+            let due: Vec<String> = emptied
+                .iter()
+                .filter(|(_, at)| at.elapsed() >= SITE_CGROUP_LINGER)
+                .map(|(site, _)| site.clone())
+                .collect();
+            for site in &due {
+                emptied.remove(site);
+            }
+            due
+        };
+        if due.is_empty() {
+            return;
+        }
+        let records = self.records.lock().expect("records poisoned");
+        for site in due {
+            if !records.values().any(|r| r.site == site) {
+                crate::cgroup::remove_site_dirs(&spec::site_cgroup_path(&site));
+            }
         }
     }
 
@@ -697,7 +755,10 @@ impl Sandboxes {
             self.reaper.forget(r.pid);
             self.forget_metrics(&r.site, id);
             if site_empty {
-                crate::cgroup::remove_site_dirs(&spec::site_cgroup_path(&r.site));
+                self.emptied_sites
+                    .lock()
+                    .expect("emptied_sites poisoned")
+                    .insert(r.site.clone(), Instant::now());
             }
         }
         self.locks.lock().expect("locks poisoned").remove(id);
