@@ -15,8 +15,8 @@
 //! A standby helper: starting a helper (exec, dynamic linking, runtime set-up) costs
 //! about 2 ms, which used to sit on every create. The daemon keeps one helper
 //! already started and blocked reading its request from stdin ([`STDIN_REQUEST`]);
-//! a request goes to it when it is there, and a new one is started in the background
-//! for the next request. A standby that is gone (killed, or the daemon restarted)
+//! a request goes to it when it is there, and once it is answered a new one is started
+//! in the background for the next request. A standby that is gone (killed, or the daemon restarted)
 //! is replaced by a helper started for the request, as before. It exits when its
 //! stdin closes without a request (the daemon stopped).
 
@@ -90,7 +90,7 @@ pub fn prepare_standby(exe: &Path) {
 }
 
 /// Hands `json` to the standby helper of `exe`, if one is there and alive; its pid
-/// and stdout then. Starts the next standby in the background either way.
+/// and stdout then.
 fn take_standby(
     exe: &Path,
     json: &str,
@@ -101,8 +101,6 @@ fn take_standby(
         .expect("standby lock poisoned")
         .take()
         .filter(|s| s.exe == exe);
-    let next = exe.to_path_buf();
-    tokio::task::spawn_blocking(move || prepare_standby(&next));
     let mut s = taken?;
     let written = s
         .stdin
@@ -238,9 +236,21 @@ pub async fn run(
             return Err(HelperError::Timeout(HELPER_TIMEOUT));
         }
     };
-    let code = reaper.wait(pid, Some(Duration::from_secs(10))).await;
-    reaper.forget(pid);
-    if line.trim().is_empty() {
+    // The next standby starts once this request is answered, so its exec does not
+    // compete for the CPU with the work of this one.
+    let next = exe.to_path_buf();
+    tokio::task::spawn_blocking(move || prepare_standby(&next));
+    if !line.trim().is_empty() {
+        // Answered: the helper's exit is collected in the background, off the
+        // request's path (its teardown takes a while).
+        let reaper = reaper.clone();
+        tokio::spawn(async move {
+            reaper.wait(pid, Some(Duration::from_secs(10))).await;
+            reaper.forget(pid);
+        });
+    } else {
+        let code = reaper.wait(pid, Some(Duration::from_secs(10))).await;
+        reaper.forget(pid);
         return Err(HelperError::Failed {
             op: req.op(),
             message: format!(

@@ -159,6 +159,15 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start_time))
 }
 
+/// The parent pid of a process, from `/proc/<pid>/status`.
+fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     proc_stat(pid).map(|(_, t)| t)
@@ -490,16 +499,14 @@ impl Sandboxes {
 
     /// Whether the init `pid` of a record was started by this daemon.
     fn is_child(&self, pid: i32) -> bool {
-        // Our own children are direct children: their PPid is us.
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        // Our own children are direct children: their PPid is us, or a helper of ours
+        // that has not exited yet (its orphans come to us, the nearest subreaper).
+        let me = std::process::id() as i32;
+        match parent_of(pid) {
+            Some(ppid) => ppid == me || parent_of(ppid) == Some(me),
             // Already reaped (or gone): a recorded exit code tells.
-            return self.reaper.exit_code(pid).is_some();
-        };
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .is_some_and(|ppid| ppid == std::process::id())
+            None => self.reaper.exit_code(pid).is_some(),
+        }
     }
 
     /// Creates a sandbox: writes its bundle and has libcontainer create the
