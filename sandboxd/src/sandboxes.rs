@@ -1,8 +1,10 @@
 //! The sandbox lifecycle: create, start, stop, delete, list.
 //!
 //! Operations on one id are serialized; different ids run concurrently. libcontainer
-//! itself only ever runs in helper processes ([`crate::helper`]); this module writes
-//! bundles, signals processes, watches cgroups and keeps the records
+//! itself only ever runs in helper processes ([`crate::helper`]: create, and delete
+//! when the cgroups cannot simply be removed); start is the one message on the init's
+//! notify socket, sent from here. This module writes bundles, signals processes,
+//! watches cgroups and keeps the records
 //! ([`crate::store`]). It never leaves a half-created sandbox behind: a failed create
 //! is deleted again, and the site's parent cgroup goes with its last sandbox.
 //!
