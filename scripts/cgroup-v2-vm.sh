@@ -37,7 +37,8 @@
 #   4. Boots the kernel under KVM, or TCG emulation when a 15 s KVM probe does not
 #      print the kernel banner (nested KVM on AMD EPYC here hangs in the decompressor).
 #      The guest mounts the host's / read-only over 9p, tmpfs on /tmp, /run, /var/tmp
-#      and /root, cgroup2 on /sys/fs/cgroup, switch_root's into it and runs the test
+#      and /root (with the checkout and the test binaries bound back on top when they
+#      lie under one of those), cgroup2 on /sys/fs/cgroup, switch_root's into it and runs the test
 #      binaries found by `cargo test -p berth-sandboxd --no-run`.
 #   5. Prints the guest's console and exits with the tests' exit code.
 # The guest side is this same script, called with --guest inside the VM.
@@ -208,8 +209,21 @@ mount -t devtmpfs dev $R/dev
 mkdir -p $R/dev/pts $R/dev/shm 2>/dev/null
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm
+# The checkout and the test binaries may lie under a directory the tmpfs mounts below
+# hide (a CI clone in /tmp, say): hold them, then bind them back on top.
+i=0
+for k in $BERTH_KEEP; do
+    mkdir -p /keep/$i && mount -o bind $R$k /keep/$i || fail "holding $k"
+    i=$((i + 1))
+done
 for d in /tmp /run /var/tmp /root; do
     mount -t tmpfs -o mode=1777 tmpfs $R$d || fail "tmpfs on $d"
+done
+i=0
+for k in $BERTH_KEEP; do
+    mkdir -p $R$k 2>/dev/null
+    mount -o bind /keep/$i $R$k || fail "binding $k back"
+    i=$((i + 1))
 done
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fail "mounting cgroup2"
 echo "+cpu +memory +pids +io" > $R/sys/fs/cgroup/cgroup.subtree_control \
@@ -236,6 +250,9 @@ if [[ "$build" == 1 ]]; then
 fi
 [[ -s "$listdir/tests.list" ]] || { echo "no test binaries listed in $listdir/tests.list (run without --no-build)" >&2; exit 1; }
 log "tests: $(xargs -n1 basename < "$listdir/tests.list" | tr '\n' ' ')"
+# What the guest must still see after its tmpfs mounts: the checkout and the
+# directories of the test binaries (CARGO_TARGET_DIR may be elsewhere).
+keep="$(printf '%s\n' "$repo" $(xargs -n1 dirname < "$listdir/tests.list") | sort -u | tr '\n' ' ')"
 
 # 5. Boot. KVM when the kernel boots under it; some nested hosts (seen: a Firecracker
 # VM on AMD EPYC) hang KVM guests in the kernel's decompressor, so probe first
@@ -269,7 +286,7 @@ timeout "$timeout_s" qemu-system-x86_64 \
     -nodefaults -no-user-config -nographic -no-reboot \
     -serial stdio -monitor none \
     -kernel "$kroot/boot/vmlinuz-$kver" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 cgroup_no_v1=all rdinit=/init BERTH_SCRIPT=$repo/scripts/cgroup-v2-vm.sh BERTH_TEST_ARGS=\"$test_args\"" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 cgroup_no_v1=all rdinit=/init BERTH_SCRIPT=$repo/scripts/cgroup-v2-vm.sh BERTH_TEST_ARGS=\"$test_args\" BERTH_KEEP=\"$keep\"" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     </dev/null 2>&1 | tee "$consolelog"
 qrc=${PIPESTATUS[0]}
