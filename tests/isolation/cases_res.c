@@ -84,35 +84,45 @@ void case_memory_bomb(void)
     }
 }
 
-/* Fills the root filesystem (the overlay's writable layer). */
-void case_rootfs_fill(void)
+/* Writes up to cap_mb MiB to path in a child process, which prints how far it got
+ * and exits 0 at ENOSPC, 1 when it wrote everything, 3 when it could not open the
+ * file, 4 on another error. Removes the file; returns the child's wait status. */
+static int fill_in_child(const char *path, long cap_mb, int byte, const char *what)
 {
-    const long cap_mb = 1536;
     pid_t pid = fork();
     if (pid == 0) {
-        int fd = open("/rootfs-fill", O_CREAT | O_WRONLY | O_TRUNC, 0600);
+        int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0600);
         if (fd < 0)
             _exit(3);
         static char block[1 << 20];
-        memset(block, 0x3c, sizeof block);
+        memset(block, byte, sizeof block);
         long mb = 0;
+        errno = 0;
         for (; mb < cap_mb; mb++) {
             ssize_t w = write(fd, block, sizeof block);
             if (w != (ssize_t)sizeof block) {
-                errno = 0;
+                /* A short write at the limit: the next one says why. */
                 if (w >= 0 && write(fd, block, 1) < 0 && errno == 0)
                     errno = EIO;
                 break;
             }
         }
-        printf("evidence: wrote %ld MiB to the root filesystem before: %s\n", mb,
+        printf("evidence: wrote %ld MiB to %s before: %s\n", mb, what,
                mb < cap_mb ? strerror(errno) : "the cap");
         fflush(stdout);
         _exit(mb < cap_mb ? (errno == ENOSPC ? 0 : 4) : 1);
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    unlink("/rootfs-fill");
+    unlink(path);
+    return st;
+}
+
+/* Fills the root filesystem (the overlay's writable layer). */
+void case_rootfs_fill(void)
+{
+    const long cap_mb = 1536;
+    int st = fill_in_child("/rootfs-fill", cap_mb, 0x3c, "the root filesystem");
     if (WIFEXITED(st) && WEXITSTATUS(st) == 1)
         escaped("wrote %ld MiB to the root filesystem without hitting a limit", cap_mb);
     else if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
@@ -156,25 +166,7 @@ void case_log_flood(void)
 void case_tmp_fill(void)
 {
     const long cap_mb = 400;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/tmp/fill", O_CREAT | O_WRONLY | O_TRUNC, 0600);
-        if (fd < 0)
-            _exit(3);
-        static char block[1 << 20];
-        memset(block, 0x5a, sizeof block);
-        long mb = 0;
-        for (; mb < cap_mb; mb++)
-            if (write(fd, block, sizeof block) != (ssize_t)sizeof block)
-                break;
-        printf("evidence: wrote %ld MiB to /tmp before: %s\n", mb,
-               mb < cap_mb ? strerror(errno) : "the cap");
-        fflush(stdout);
-        _exit(mb < cap_mb ? (errno == ENOSPC ? 0 : 4) : 1);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    unlink("/tmp/fill");
+    int st = fill_in_child("/tmp/fill", cap_mb, 0x5a, "/tmp");
     if (WIFSIGNALED(st))
         escaped("/tmp is not size-limited: the writer was killed (signal %d) by the memory limit instead",
                 WTERMSIG(st));

@@ -122,23 +122,12 @@ impl Unit {
             bin,
             child: Some(child),
         };
-        let up_log = u.state.path().join("up.log");
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&up_log).unwrap_or_default();
-            if text.contains("Press Ctrl-C") {
-                break;
-            }
-            if let Some(st) = u.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("berth up exited ({st}):\n{text}\n{}", u.daemon_logs());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "berth up did not come up in 60s:\n{text}\n{}",
-                u.daemon_logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_up(
+            u.child.as_mut().unwrap(),
+            "berth up",
+            u.state.path(),
+            UNIT_LOGS,
+        );
         u
     }
 
@@ -148,25 +137,7 @@ impl Unit {
 
     /// All daemons' logs, for failure messages.
     pub fn daemon_logs(&self) -> String {
-        let mut out = String::new();
-        for d in [
-            "up",
-            "logs/controller",
-            "logs/agent",
-            "logs/sandboxd",
-            "logs/fsd",
-            "logs/frontend",
-        ] {
-            let p = self.state.path().join(format!("{d}.log"));
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("----- {} (last 40 lines)\n", p.display()));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
+        log_tails(self.state.path(), UNIT_LOGS)
     }
 
     /// Runs the `berth` CLI against this unit.
@@ -239,19 +210,8 @@ impl Unit {
 
     /// Stops `berth up` with SIGTERM and waits for it.
     pub fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let start = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if start.elapsed() > Duration::from_secs(90) {
-                    let _ = c.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        if let Some(c) = self.child.take() {
+            stop_gracefully(c);
         }
     }
 }
@@ -296,59 +256,92 @@ impl JoinedWorker {
             state,
             child: Some(child),
         };
-        let up_log = w.state.path().join("up.log");
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&up_log).unwrap_or_default();
-            if text.contains("Press Ctrl-C") {
-                break;
-            }
-            if let Some(st) = w.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("berth up --join exited ({st}):\n{text}\n{}", w.logs());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "berth up --join did not come up in 60s:\n{text}\n{}",
-                w.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_up(
+            w.child.as_mut().unwrap(),
+            "berth up --join",
+            w.state.path(),
+            WORKER_LOGS,
+        );
         w
     }
 
     /// The worker's logs, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for d in ["up", "logs/agent", "logs/sandboxd"] {
-            let p = self.state.path().join(format!("{d}.log"));
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("----- {} (last 40 lines)\n", p.display()));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
+        log_tails(self.state.path(), WORKER_LOGS)
     }
 }
 
 impl Drop for JoinedWorker {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let start = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if start.elapsed() > Duration::from_secs(90) {
-                    let _ = c.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        if let Some(c) = self.child.take() {
+            stop_gracefully(c);
         }
+    }
+}
+
+/// Logs of a whole unit and of a joined worker, under their state directories.
+const UNIT_LOGS: &[&str] = &[
+    "up",
+    "logs/controller",
+    "logs/agent",
+    "logs/sandboxd",
+    "logs/fsd",
+    "logs/frontend",
+];
+const WORKER_LOGS: &[&str] = &["up", "logs/agent", "logs/sandboxd"];
+
+/// Waits until `berth up` (`what`) prints its banner in `<state>/up.log`; panics with
+/// the tails of `logs` if it exits first or takes over a minute.
+fn wait_until_up(child: &mut Child, what: &str, state: &Path, logs: &[&str]) {
+    let log = state.join("up.log");
+    let logs = || log_tails(state, logs);
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Press Ctrl-C") {
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("{what} exited ({st}):\n{text}\n{}", logs());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not come up in 60s:\n{text}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last 40 lines of `<dir>/<name>.log` for each name, for failure messages.
+fn log_tails(dir: &Path, names: &[&str]) -> String {
+    let mut out = String::new();
+    for d in names {
+        let p = dir.join(format!("{d}.log"));
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        out.push_str(&format!("----- {} (last 40 lines)\n", p.display()));
+        for l in tail.into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// SIGTERM to a `berth up`, then waits up to 90 s for it (SIGKILL after that).
+fn stop_gracefully(mut c: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
