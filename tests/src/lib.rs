@@ -10,7 +10,9 @@ pub mod attack;
 pub mod host;
 pub mod unit;
 
-pub use unit::{wait_for, JoinedWorker, Registry, Unit};
+pub use unit::{
+    body, instance_ids, instance_of, page_field, wait_for, JoinedWorker, Registry, Unit,
+};
 
 use std::path::PathBuf;
 

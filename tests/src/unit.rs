@@ -222,6 +222,43 @@ impl Drop for Unit {
     }
 }
 
+/// GET through `u`'s front end that must succeed; its body. Panics with every log.
+pub fn body(u: &Unit, site: &str, pq: &str) -> String {
+    let r = u
+        .get(site, pq)
+        .unwrap_or_else(|e| panic!("GET {pq} on {site}: {e}\n{}", u.daemon_logs()));
+    assert!(
+        r.status().is_success(),
+        "GET {pq} on {site}: {}\n{}",
+        r.status(),
+        u.daemon_logs()
+    );
+    r.text().unwrap()
+}
+
+/// The value of the demo page's `key` line (`"instance: "`, `"value: "`, ...).
+pub fn page_field<'a>(page: &'a str, key: &str) -> &'a str {
+    page.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in page:\n{page}"))
+        .trim()
+}
+
+/// The instance that served a demo page.
+pub fn instance_of(page: &str) -> String {
+    page_field(page, "instance: ").to_string()
+}
+
+/// Ids of a site's instances, from `berth sites show`.
+pub fn instance_ids(u: &Unit, site: &str) -> Vec<String> {
+    u.site(site)["instance_states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// One more web worker, `berth up --join`ed to a unit's controller (its own sandboxd,
 /// agent, state directory and ports on this host). Stopped with SIGTERM on drop.
 pub struct JoinedWorker {

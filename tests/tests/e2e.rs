@@ -6,37 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use berth_tests::{host, require_root, wait_for, Registry, Unit};
-
-fn body(u: &Unit, site: &str, pq: &str) -> String {
-    let r = u
-        .get(site, pq)
-        .unwrap_or_else(|e| panic!("GET {pq} on {site}: {e}\n{}", u.daemon_logs()));
-    assert!(
-        r.status().is_success(),
-        "GET {pq} on {site}: {}\n{}",
-        r.status(),
-        u.daemon_logs()
-    );
-    r.text().unwrap()
-}
-
-fn instance_of(page: &str) -> String {
-    page.lines()
-        .find_map(|l| l.strip_prefix("instance: "))
-        .unwrap_or_else(|| panic!("no 'instance:' line in page:\n{page}"))
-        .trim()
-        .to_string()
-}
-
-fn instance_ids(u: &Unit, site: &str) -> Vec<String> {
-    u.site(site)["instance_states"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
+use berth_tests::{body, host, instance_ids, instance_of, require_root, wait_for, Registry, Unit};
 
 #[test]
 fn site_lifecycle_end_to_end() {

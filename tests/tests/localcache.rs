@@ -6,32 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_tests::{host, require_root, wait_for, Registry, Unit};
-
-fn page(u: &Unit, site: &str, pq: &str) -> String {
-    let r = u
-        .get(site, pq)
-        .unwrap_or_else(|e| panic!("GET {pq} on {site}: {e}\n{}", u.daemon_logs()));
-    assert!(r.status().is_success(), "GET {pq}: {}", r.status());
-    r.text().unwrap()
-}
-
-fn instance_of(page: &str) -> String {
-    page.lines()
-        .find_map(|l| l.strip_prefix("instance: "))
-        .unwrap_or_else(|| panic!("no 'instance:' line in page:\n{page}"))
-        .trim()
-        .to_string()
-}
-
-fn instance_ids(u: &Unit, site: &str) -> Vec<String> {
-    u.site(site)["instance_states"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect()
-}
+use berth_tests::{body, host, instance_ids, instance_of, require_root, wait_for, Registry, Unit};
 
 /// The app's environment, read from the host.
 fn app_env(id: &str) -> Vec<String> {
@@ -48,7 +23,7 @@ fn app_env(id: &str) -> Vec<String> {
 /// Asks the site until instance `id` answers `pq`.
 fn page_from(u: &Unit, site: &str, id: &str, pq: &str) -> String {
     for _ in 0..20 {
-        let p = page(u, site, pq);
+        let p = body(u, site, pq);
         if instance_of(&p) == id {
             return p;
         }

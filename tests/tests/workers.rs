@@ -7,22 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use berth_tests::{host, require_root, wait_for, JoinedWorker, Registry, Unit};
-
-fn page(u: &Unit, w: &JoinedWorker, site: &str, pq: &str) -> String {
-    let r = u
-        .get(site, pq)
-        .unwrap_or_else(|e| panic!("GET {pq}: {e}\n{}\n{}", u.daemon_logs(), w.logs()));
-    assert!(r.status().is_success(), "GET {pq}: {}", r.status());
-    r.text().unwrap()
-}
-
-fn field<'a>(page: &'a str, key: &str) -> &'a str {
-    page.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in page:\n{page}"))
-        .trim()
-}
+use berth_tests::{body, host, page_field, require_root, wait_for, JoinedWorker, Registry, Unit};
 
 /// The host uid_map of one app process of `instance`, normalised.
 fn uid_map(instance: &str) -> String {
@@ -97,8 +82,8 @@ fn a_site_on_two_workers_has_one_identity_and_one_home() {
     // the second writer overwrites a file the first one owns.
     let mut wrote = BTreeSet::new();
     for _ in 0..20 {
-        let p = page(&u, &w, "spread", "/?write=shared");
-        let by = field(&p, "instance: ").to_string();
+        let p = body(&u, "spread", "/?write=shared");
+        let by = page_field(&p, "instance: ").to_string();
         assert!(
             p.contains("wrote: shared"),
             "instance {by} on worker {} could not write /home/shared:\n{p}",
@@ -119,15 +104,15 @@ fn a_site_on_two_workers_has_one_identity_and_one_home() {
         "both instances wrote /home/shared: {wrote:?}"
     );
     // Whoever wrote last, both instances read the same content.
-    let last = field(&page(&u, &w, "spread", "/?read=shared"), "value: ").to_string();
+    let last = page_field(&body(&u, "spread", "/?read=shared"), "value: ").to_string();
     assert!(
         placed.contains_key(&last),
         "value {last:?} is an instance id"
     );
     for _ in 0..4 {
-        let p = page(&u, &w, "spread", "/?read=shared");
+        let p = body(&u, "spread", "/?read=shared");
         assert_eq!(
-            field(&p, "value: "),
+            page_field(&p, "value: "),
             last,
             "same /home on both workers:\n{p}"
         );
