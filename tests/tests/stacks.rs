@@ -1,7 +1,7 @@
-//! The `static` stack image (stacks/static/build.sh) run as a real Berth site: built,
-//! pushed to a real registry, created with `berth sites create`, serving its placeholder
-//! page and then a file written into the site's `/home/site/wwwroot` on the host's
-//! mount of its volume.
+//! The stack images (stacks/static/build.sh, stacks/python/build.sh) run as real Berth
+//! sites: built, pushed to a real registry, created with `berth sites create`, serving
+//! their placeholder page and then what is written into the site's
+//! `/home/site/wwwroot` on the host's mount of its volume.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,31 +20,33 @@ fn wwwroot(u: &Unit) -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
-#[test]
-fn static_stack_serves_home_site_wwwroot() {
-    require_root();
-    let reg = Registry::start();
-    let out = Command::new(workspace_root().join("stacks/static/build.sh"))
-        .arg("stacks/static:1")
+/// Builds `stacks/<stack>/build.sh` as `stacks/<stack>:<tag>`, runs it as site `site`
+/// in a new unit, checks the placeholder page says `placeholder`; returns the unit
+/// (keep it, and the registry, alive) and the host directory of its wwwroot.
+fn stack_site(
+    reg: &Registry,
+    stack: &str,
+    tag: &str,
+    site: &str,
+    placeholder: &str,
+) -> (Unit, PathBuf) {
+    let script = format!("stacks/{stack}/build.sh");
+    let out = Command::new(workspace_root().join(&script))
+        .arg(format!("stacks/{stack}:{tag}"))
         .arg(reg.addr.to_string())
         .output()
-        .expect("running stacks/static/build.sh");
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
     assert!(
         out.status.success(),
-        "stacks/static/build.sh failed:\n{}\n{}",
+        "{script} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let image = format!("{}/stacks/static:1", reg.addr);
+    let image = format!("{}/stacks/{stack}:{tag}", reg.addr);
     let u = Unit::up(6.0);
-    u.berth_ok(&["sites", "create", "web", "--image", &image]);
-
-    let page = u.get("web", "/").unwrap().text().unwrap();
-    assert!(
-        page.contains("berth static stack"),
-        "placeholder page: {page}"
-    );
-
+    u.berth_ok(&["sites", "create", site, "--image", &image]);
+    let page = u.get(site, "/").unwrap().text().unwrap();
+    assert!(page.contains(placeholder), "placeholder page: {page}");
     let mut root = None;
     wait_for(
         Duration::from_secs(10),
@@ -54,7 +56,14 @@ fn static_stack_serves_home_site_wwwroot() {
             root.is_some()
         },
     );
-    let root = root.unwrap();
+    (u, root.unwrap())
+}
+
+#[test]
+fn static_stack_serves_home_site_wwwroot() {
+    require_root();
+    let reg = Registry::start();
+    let (u, root) = stack_site(&reg, "static", "1", "web", "berth static stack");
     std::fs::write(root.join("hello.txt"), "hello from /home\n").unwrap();
     let r = u.get("web", "/hello.txt").unwrap();
     assert!(r.status().is_success(), "GET /hello.txt: {}", r.status());
@@ -70,37 +79,9 @@ fn static_stack_serves_home_site_wwwroot() {
 fn python_stack_serves_placeholder_then_app_py() {
     require_root();
     let reg = Registry::start();
-    let out = Command::new(workspace_root().join("stacks/python/build.sh"))
-        .arg("stacks/python:3")
-        .arg(reg.addr.to_string())
-        .output()
-        .expect("running stacks/python/build.sh");
-    assert!(
-        out.status.success(),
-        "stacks/python/build.sh failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let image = format!("{}/stacks/python:3", reg.addr);
-    let u = Unit::up(6.0);
-    u.berth_ok(&["sites", "create", "py", "--image", &image]);
-    let page = u.get("py", "/").unwrap().text().unwrap();
-    assert!(
-        page.contains("berth python stack"),
-        "placeholder page: {page}"
-    );
-
-    let mut root = None;
-    wait_for(
-        Duration::from_secs(10),
-        "the site's wwwroot on the host",
-        || {
-            root = wwwroot(&u);
-            root.is_some()
-        },
-    );
+    let (u, root) = stack_site(&reg, "python", "3", "py", "berth python stack");
     std::fs::write(
-        root.unwrap().join("app.py"),
+        root.join("app.py"),
         "import http.server, os\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
          \x20   def do_GET(self):\n\
