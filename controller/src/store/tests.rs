@@ -37,20 +37,27 @@ fn report(worker: &str, id: &str, state: &str, generation: u64) -> InstanceRepor
     }
 }
 
+/// Registers workers `w1` and `w2` (no capacity limit); their ids.
+async fn two_workers(s: &Store) -> (String, String) {
+    let mut ids = Vec::new();
+    for (name, addr) in [("w1", "127.0.0.1:1"), ("w2", "127.0.0.1:2")] {
+        ids.push(
+            s.register_worker(name, addr, 0, 1024, NONE_LIVE)
+                .await
+                .unwrap(),
+        );
+    }
+    let w2 = ids.pop().unwrap();
+    (ids.pop().unwrap(), w2)
+}
+
 const ALL_LIVE: &(dyn Fn(&str) -> bool + Sync) = &|_| true;
 const NONE_LIVE: &(dyn Fn(&str) -> bool + Sync) = &|_| false;
 
 #[tokio::test]
 async fn create_places_and_bumps_once() {
     let (_d, s) = store().await;
-    let w1 = s
-        .register_worker("w1", "127.0.0.1:1", 0, 1024, NONE_LIVE)
-        .await
-        .unwrap();
-    let w2 = s
-        .register_worker("w2", "127.0.0.1:2", 0, 1024, NONE_LIVE)
-        .await
-        .unwrap();
+    let (w1, w2) = two_workers(&s).await;
     let before = s.revision();
     let rec = s.create_site(&site("hello", 3), ALL_LIVE).await.unwrap();
     assert_eq!(s.revision(), before + 1);
@@ -184,14 +191,7 @@ async fn state_survives_reopen_and_delete_cascades() {
 #[tokio::test]
 async fn each_site_gets_one_id_range_on_every_worker_kept_across_delete() {
     let (_d, s) = store().await;
-    let w1 = s
-        .register_worker("w1", "127.0.0.1:1", 0, 1024, NONE_LIVE)
-        .await
-        .unwrap();
-    let w2 = s
-        .register_worker("w2", "127.0.0.1:2", 0, 1024, NONE_LIVE)
-        .await
-        .unwrap();
+    let (w1, w2) = two_workers(&s).await;
     s.create_site(&site("alpha", 2), ALL_LIVE).await.unwrap();
     s.create_site(&site("beta", 1), ALL_LIVE).await.unwrap();
     let mut bases: BTreeMap<String, Vec<u32>> = BTreeMap::new();
