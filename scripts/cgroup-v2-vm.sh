@@ -250,9 +250,10 @@ if [[ "$build" == 1 ]]; then
 fi
 [[ -s "$listdir/tests.list" ]] || { echo "no test binaries listed in $listdir/tests.list (run without --no-build)" >&2; exit 1; }
 log "tests: $(xargs -n1 basename < "$listdir/tests.list" | tr '\n' ' ')"
-# What the guest must still see after its tmpfs mounts: the checkout and the
-# directories of the test binaries (CARGO_TARGET_DIR may be elsewhere).
-keep="$(printf '%s\n' "$repo" $(xargs -n1 dirname < "$listdir/tests.list") | sort -u | tr '\n' ' ')"
+# What the guest must still see after its tmpfs mounts: the checkout and the profile
+# directories of the test binaries (target/debug: the tests in deps/ and the daemon
+# binaries they start; CARGO_TARGET_DIR may be outside the checkout).
+keep="$(printf '%s\n' "$repo" $(xargs -n1 dirname < "$listdir/tests.list" | xargs -n1 dirname) | sort -u | tr '\n' ' ')"
 
 # 5. Boot. KVM when the kernel boots under it; some nested hosts (seen: a Firecracker
 # VM on AMD EPYC) hang KVM guests in the kernel's decompressor, so probe first
