@@ -224,6 +224,22 @@ fn site_cgroup_goes(site: &str) {
     }
 }
 
+/// Stop with a grace period in ms; the stopped sandbox's info.
+async fn stop(
+    client: &mut SandboxesClient<Channel>,
+    id: &str,
+    grace_ms: u32,
+) -> berth_api::sandbox::SandboxInfo {
+    client
+        .stop(StopRequest {
+            id: id.to_string(),
+            grace_ms,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn memory_cgroup(site: &str, id: &str) -> PathBuf {
     cgroupfs::memory_dir(site, id)
 }
@@ -386,14 +402,7 @@ async fn sandbox_lifecycle() {
 
     // sh as pid 1 ignores SIGTERM: killed after the grace period.
     let t = Instant::now();
-    let stopped = client
-        .stop(StopRequest {
-            id: id.clone(),
-            grace_ms: 300,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stopped = stop(&mut client, &id, 300).await;
     let stop_elapsed = t.elapsed();
     assert!(
         stop_elapsed < Duration::from_secs(5),
@@ -456,14 +465,7 @@ async fn sandbox_lifecycle() {
         .into_inner()
         .pid;
     wait_for_log(&log2, &["ready"]);
-    let stopped = client
-        .stop(StopRequest {
-            id: id2.clone(),
-            grace_ms: 5000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stopped = stop(&mut client, &id2, 5000).await;
     assert_eq!(stopped.exit_code, 7, "{stopped:?}");
     wait_for_log(&log2, &["got-term"]);
     assert!(!alive(pid2));
@@ -641,14 +643,7 @@ async fn records_survive_restart() {
         .into_inner();
     assert_eq!(info.status, SandboxStatus::Running as i32);
     assert_eq!(info.pid, pid);
-    let stopped = client
-        .stop(StopRequest {
-            id: id.clone(),
-            grace_ms: 200,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stopped = stop(&mut client, &id, 200).await;
     assert_eq!(stopped.status, SandboxStatus::Stopped as i32);
     assert_eq!(stopped.exit_code, -1, "{stopped:?}");
     client.delete(SandboxId { id: id.clone() }).await.unwrap();
@@ -871,14 +866,7 @@ while :; do sleep 1; done
     // Stop: the daemonized grandchild ignoring SIGTERM dies with the cgroup.
     let procs = cgroupfs::procs(&site, &id);
     assert!(procs.len() >= 3, "{procs:?}");
-    let stopped = client
-        .stop(StopRequest {
-            id: id.clone(),
-            grace_ms: 300,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stopped = stop(&mut client, &id, 300).await;
     assert_eq!(stopped.status, SandboxStatus::Stopped as i32);
     for p in &procs {
         assert!(!alive(*p), "process {p} survived Stop");

@@ -204,41 +204,51 @@ void case_ptrace_others(void) { each("pids", try_ptrace); }
 /* CVE-2019-5736: reach a host binary (the runtime) through /proc/<pid>/exe and
  * open it for writing. Every visible process's exe must be a file of our own
  * root filesystem. Nothing is ever written. */
-void case_proc_exe_overwrite(void)
+/* Calls fn(pid, "/proc/<pid>/<link>", target) for every visible process whose link
+ * resolves. */
+static void each_pid_link(const char *link, void (*fn)(const char *, const char *, const char *))
 {
-    struct stat own;
-    stat("/bin/attack", &own);
     DIR *d = opendir("/proc");
     struct dirent *e;
     while (d && (e = readdir(d))) {
         if (!is_pid(e->d_name))
             continue;
         char p[300], target[512];
-        snprintf(p, sizeof p, "/proc/%s/exe", e->d_name);
+        snprintf(p, sizeof p, "/proc/%s/%s", e->d_name, link);
         ssize_t n = readlink(p, target, sizeof target - 1);
         if (n < 0)
             continue;
         target[n] = 0;
-        struct stat st;
-        if (stat(p, &st) != 0)
-            continue;
-        struct stat named;
-        int reachable = stat(target, &named) == 0 && named.st_dev == st.st_dev &&
-                        named.st_ino == st.st_ino;
-        int fd = open(p, O_WRONLY | O_CLOEXEC);
-        int werr = fd < 0 ? errno : 0;
-        if (fd >= 0)
-            close(fd);
-        if (!reachable) {
-            escaped("pid %s runs %s, a binary outside this sandbox's root (open for write: %s)",
-                    e->d_name, target, werr ? strerror(werr) : "succeeded");
-        } else {
-            evidence("pid %s exe %s is in the sandbox root (open for write: %s)", e->d_name,
-                     target, werr ? strerror(werr) : "succeeded, own file");
-        }
+        fn(e->d_name, p, target);
     }
     if (d)
         closedir(d);
+}
+
+static void check_exe(const char *pid, const char *p, const char *target)
+{
+    struct stat st;
+    if (stat(p, &st) != 0)
+        return;
+    struct stat named;
+    int reachable = stat(target, &named) == 0 && named.st_dev == st.st_dev &&
+                    named.st_ino == st.st_ino;
+    int fd = open(p, O_WRONLY | O_CLOEXEC);
+    int werr = fd < 0 ? errno : 0;
+    if (fd >= 0)
+        close(fd);
+    if (!reachable) {
+        escaped("pid %s runs %s, a binary outside this sandbox's root (open for write: %s)",
+                pid, target, werr ? strerror(werr) : "succeeded");
+    } else {
+        evidence("pid %s exe %s is in the sandbox root (open for write: %s)", pid, target,
+                 werr ? strerror(werr) : "succeeded, own file");
+    }
+}
+
+void case_proc_exe_overwrite(void)
+{
+    each_pid_link("exe", check_exe);
     int fd = open("/proc/self/exe", O_WRONLY | O_CLOEXEC);
     evidence("open /proc/self/exe for writing: %s", fd < 0 ? strerror(errno) : "succeeded");
     if (fd >= 0)
@@ -342,32 +352,23 @@ void case_leaked_fds(void)
     }
 }
 
+/* Every process's cwd must be reachable inside the sandbox. */
+static void check_cwd(const char *pid, const char *p, const char *target)
+{
+    /* Cases run concurrently: a process that exited since readdir (its cwd no longer
+     * resolves) proves nothing either way. */
+    struct stat cwd, seen;
+    if (stat(p, &cwd) != 0)
+        return;
+    if (stat(target, &seen) != 0 || cwd.st_dev != seen.st_dev || cwd.st_ino != seen.st_ino)
+        escaped("pid %s has cwd %s, outside the sandbox's root", pid, target);
+    else
+        evidence("pid %s cwd %s is inside", pid, target);
+}
+
 void case_cwd_fd(void)
 {
-    /* Every process's cwd must be reachable inside the sandbox. */
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (!is_pid(e->d_name))
-            continue;
-        char p[300], target[512];
-        snprintf(p, sizeof p, "/proc/%s/cwd", e->d_name);
-        ssize_t n = readlink(p, target, sizeof target - 1);
-        if (n < 0)
-            continue;
-        target[n] = 0;
-        /* Cases run concurrently: a process that exited since readdir (its cwd
-         * no longer resolves) proves nothing either way. */
-        struct stat cwd, seen;
-        if (stat(p, &cwd) != 0)
-            continue;
-        if (stat(target, &seen) != 0 || cwd.st_dev != seen.st_dev || cwd.st_ino != seen.st_ino)
-            escaped("pid %s has cwd %s, outside the sandbox's root", e->d_name, target);
-        else
-            evidence("pid %s cwd %s is inside", e->d_name, target);
-    }
-    if (d)
-        closedir(d);
+    each_pid_link("cwd", check_cwd);
     /* chdir through every descriptor number, then climb. */
     for (int fd = 0; fd < 32; fd++) {
         char p[64];
