@@ -29,12 +29,17 @@ use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::reaper::Reaper;
+use crate::seccomp::bpf::Program;
 
 /// First argument that selects the helper mode of the binary.
 pub const HELPER_ARG: &str = "__helper";
@@ -139,6 +144,10 @@ pub enum HelperRequest {
         log_path: PathBuf,
         #[serde(default)]
         netns: Option<PathBuf>,
+        /// The spec's seccomp profile, compiled by the daemon and taken out of the
+        /// bundle ([`crate::seccomp::bpf`]): the init loads it before it reports ready.
+        #[serde(default)]
+        seccomp: Option<Program>,
     },
     /// Let a created container's init exec the process.
     Start { id: String, state_root: PathBuf },
@@ -326,6 +335,40 @@ fn join_netns(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("joining the network namespace {}: {e}", path.display()))
 }
 
+/// libcontainer's default executor (exec of `process.args` from `PATH`), plus the
+/// precompiled seccomp filter loaded in the init.
+#[derive(Clone)]
+struct SandboxExecutor {
+    seccomp: Option<Program>,
+}
+
+impl Executor for SandboxExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+
+    /// The last step libcontainer runs in the init before it reports ready (and
+    /// waits for start): capabilities are dropped and `no_new_privs` is set, which is
+    /// where libcontainer itself loads a profile when `no_new_privileges` is on. A
+    /// filter that fails to load fails the create.
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), ExecutorSetEnvsError> {
+        DefaultExecutor {}.setup_envs(envs)?;
+        if let Some(program) = &self.seccomp {
+            program
+                .load()
+                .map_err(|e| ExecutorSetEnvsError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
     match req {
         HelperRequest::Create {
@@ -334,6 +377,7 @@ fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
             state_root,
             log_path,
             netns,
+            seccomp,
         } => {
             if let Some(netns) = netns {
                 join_netns(netns)?;
@@ -350,7 +394,9 @@ fn execute(req: &HelperRequest) -> Result<Option<i32>, String> {
             let container = ContainerBuilder::new(id.clone(), SyscallType::default())
                 .with_root_path(state_root)
                 .map_err(|e| format!("using state root {}: {e}", state_root.display()))?
-                .with_executor(DefaultExecutor {})
+                .with_executor(SandboxExecutor {
+                    seccomp: seccomp.clone(),
+                })
                 .with_stdin(null)
                 .with_stdout(log)
                 .with_stderr(log_err)

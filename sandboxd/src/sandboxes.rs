@@ -230,6 +230,15 @@ impl Sandboxes {
         this.update_gauge();
         this.remove_orphan_sites();
         helper::prepare_standby(&this.exe);
+        // Once per daemon here rather than in the first create.
+        match crate::seccomp::default_profile() {
+            Ok(profile) => {
+                if let Err(err) = crate::seccomp::bpf::compiled(&profile) {
+                    tracing::warn!(%err, "seccomp profile left to libcontainer");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "building the default seccomp profile"),
+        }
         for (id, pid) in adopted {
             tracing::info!(
                 id,
@@ -559,7 +568,10 @@ impl Sandboxes {
             self.remove_container(&id, Some(&spec::cgroup_path(&req.site, &id)))
                 .await?;
         }
-        let spec = spec::build(req)?;
+        let mut spec = spec::build(req)?;
+        // The seccomp profile, compiled once per daemon, goes to the init apart from
+        // the bundle; libcontainer would compile it again in every init.
+        let seccomp = crate::seccomp::bpf::compiled_for(&mut spec);
         let bundle = self.layout.bundles.join(&id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| e.to_string())
@@ -581,6 +593,7 @@ impl Sandboxes {
                 state_root: self.layout.containers.clone(),
                 log_path: PathBuf::from(&req.log_path),
                 netns: Some(PathBuf::from(&req.netns_path)),
+                seccomp: seccomp.map(|p| (*p).clone()),
             },
             &self.reaper,
         )

@@ -13,6 +13,11 @@
 //! libcontainer only applies the profile when built with its `libseccomp` feature;
 //! without it a profile is silently ignored. The integration tests prove a denied
 //! syscall fails inside a real sandbox.
+//!
+//! [`bpf`] compiles the profile once per daemon; the init then loads the program
+//! instead of having libcontainer compile it in every sandbox.
+
+pub mod bpf;
 
 use libcontainer::oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,

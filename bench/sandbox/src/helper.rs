@@ -40,11 +40,17 @@ impl Helper {
     pub fn lifecycle(&self, id: &str) -> anyhow::Result<Iteration> {
         let bundle = self.bundles.join(id);
         let t0 = Instant::now();
-        setup::write_bundle(
-            &self.target.request(SITE, id, &["/bin/true"]),
-            &bundle,
-            false,
-        )?;
+        // The bundle and request sandboxd makes: the seccomp profile compiled (once,
+        // cached) and passed beside the bundle.
+        let mut spec = berth_sandboxd::spec::build(&self.target.request(SITE, id, &["/bin/true"]))
+            .context("building the oci spec")?;
+        let seccomp = berth_sandboxd::seccomp::bpf::compiled_for(&mut spec);
+        std::fs::create_dir_all(&bundle)
+            .and_then(|()| {
+                spec.save(bundle.join("config.json"))
+                    .map_err(std::io::Error::other)
+            })
+            .with_context(|| format!("writing the bundle {}", bundle.display()))?;
         let created = self.call(&json!({
             "op": "create",
             "id": id,
@@ -52,6 +58,7 @@ impl Helper {
             "state_root": self.state_root,
             "log_path": self.target.log_path,
             "netns": self.target.netns_path,
+            "seccomp": seccomp.as_deref(),
         }))?;
         let pid = created
             .pid
