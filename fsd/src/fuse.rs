@@ -2,8 +2,11 @@
 //! `Volumes` calls on the file server.
 //!
 //! The client keeps no file data of its own: writes go to the server as they come (the
-//! kernel page cache is write-through and kept across opens while a file's mtime and
-//! size stay the same), attributes are answered from [`AttrCache`] within their TTL, and `flush`/`release`/`fsync` of a handle that wrote
+//! kernel page cache is write-through and kept across opens while a file's mtime,
+//! ctime and size stay the same), names and attributes are cached for their TTL (the
+//! kernel's, and [`AttrCache`]), every open checks its file's names and version with
+//! the server (close-to-open; ESTALE sends the kernel to look a changed name up
+//! again), and `flush`/`release`/`fsync` of a handle that wrote
 //! call `Fsync`, so data is durable in object storage when `close` returns. Open
 //! handles remember the server boot id their writes went to: if the server restarted
 //! in between, acknowledged writes may be lost and the next fsync/close reports EIO.
@@ -25,12 +28,13 @@ use berth_api::volume::{
     RenameRequest, SetAttrRequest, VolumeRequest, WriteRequest,
 };
 use bytes::Bytes;
+use fuse3::notify::Notify;
 use fuse3::raw::prelude::*;
 use fuse3::{Errno, Inode, Result as FuseResult};
 use futures::stream;
 
 pub use attr::Ttls;
-use attr::{file_attr, file_type, may_access, nanos, AttrCache};
+use attr::{file_attr, file_type, may_access, nanos, AttrCache, Names};
 
 use crate::client::FsClient;
 
@@ -72,10 +76,13 @@ pub struct VolumeFs {
     volume: String,
     ttls: Ttls,
     attrs: AttrCache,
+    names: Names,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     /// This mount's id in the server's lock table.
     mount_id: String,
+    /// Sends cache invalidations to the kernel (set once the session is up).
+    notify: std::sync::OnceLock<Notify>,
     /// (inode, lock owner) pairs that took a lock through this mount, and the open
     /// files they took them through.
     locked: Mutex<ops::Locked>,
@@ -96,9 +103,11 @@ impl VolumeFs {
             volume,
             ttls,
             attrs: AttrCache::new(ttls.attr),
+            names: Names::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_id: uuid::Uuid::new_v4().to_string(),
+            notify: std::sync::OnceLock::new(),
             locked: Mutex::new(ops::Locked::default()),
         }
     }
@@ -155,6 +164,70 @@ impl VolumeFs {
             .map_err(errno)?;
         self.attrs.put(&reply.value);
         Ok(reply.value)
+    }
+
+    /// The attributes of file `ino` fresh from the server, for an open: asks the
+    /// server for the names `ino` was reached by here and checks that they still
+    /// lead to `ino`. When one does not (removed, or replaced by a rename on another
+    /// mount), ESTALE makes the kernel look the whole path up again and retry the
+    /// open once, so a cached name never opens a file another mount replaced.
+    /// Also says whether the kernel looked the file up again just before (after an
+    /// ESTALE), so it holds the attributes returned.
+    async fn revalidate(&self, ino: u64) -> FuseResult<(Attr, bool)> {
+        let stale = || errno(libc::ESTALE);
+        if self.names.take_fresh(ino) {
+            if let Some(attr) = self.attrs.get(ino) {
+                return Ok((attr, true));
+            }
+        }
+        let mut fresh = None;
+        for (parent, name) in self.names.of(ino) {
+            let req = LookupRequest {
+                volume: self.volume.clone(),
+                parent,
+                name: name.clone(),
+            };
+            match self
+                .client
+                .unary("lookup", req, |mut c, r| async move { c.lookup(r).await })
+                .await
+            {
+                Ok(reply) => {
+                    let attr = attr_of(reply.value.attr)?;
+                    if attr.ino != ino {
+                        self.names.found_stale(parent, &name);
+                        return Err(stale());
+                    }
+                    fresh = Some(attr);
+                }
+                Err(e) if e == libc::ENOENT || e == libc::ENOTDIR => {
+                    self.names.found_stale(parent, &name);
+                    return Err(stale());
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        let attr = match fresh {
+            Some(attr) => attr,
+            None => {
+                let req = self.inode_req(ino);
+                match self
+                    .client
+                    .unary(
+                        "getattr",
+                        req,
+                        |mut c, r| async move { c.get_attr(r).await },
+                    )
+                    .await
+                {
+                    Ok(reply) => reply.value,
+                    Err(e) if e == libc::ENOENT => return Err(stale()),
+                    Err(e) => return Err(errno(e)),
+                }
+            }
+        };
+        self.attrs.put(&attr);
+        Ok((attr, false))
     }
 
     async fn truncate(&self, ino: u64, size: u64) -> FuseResult<Attr> {
@@ -243,6 +316,10 @@ impl Filesystem for VolumeFs {
         ))
     }
 
+    async fn ready(&self, notify: Notify) {
+        let _ = self.notify.set(notify);
+    }
+
     async fn destroy(&self, _req: Request) {
         tracing::info!(volume = %self.volume, "kernel ended the FUSE session");
     }
@@ -253,13 +330,22 @@ impl Filesystem for VolumeFs {
             parent,
             name: name.as_bytes().to_vec(),
         };
-        let reply = self
+        let reply = match self
             .client
             .unary("lookup", req, |mut c, r| async move { c.lookup(r).await })
             .await
-            .map_err(errno)?;
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e == libc::ENOENT {
+                    self.names.not_found(parent, name.as_bytes());
+                }
+                return Err(errno(e));
+            }
+        };
         let attr = attr_of(reply.value.attr)?;
         self.attrs.put(&attr);
+        self.names.remember(attr.ino, parent, name.as_bytes());
         Ok(self.entry(&attr))
     }
 
@@ -350,8 +436,9 @@ impl Filesystem for VolumeFs {
             })
             .await
             .map_err(errno)?;
-        self.attrs.clear();
         let attr = attr_of(reply.value.attr)?;
+        self.attrs.forget(parent);
+        self.attrs.put(&attr);
         Ok(self.entry(&attr))
     }
 
@@ -366,6 +453,7 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         self.attrs.clear();
+        self.names.removed(parent, name.as_bytes());
         Ok(())
     }
 
@@ -380,6 +468,7 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         self.attrs.clear();
+        self.names.removed(parent, name.as_bytes());
         Ok(())
     }
 
@@ -417,24 +506,44 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         self.attrs.clear();
+        self.names.renamed(
+            parent,
+            name.as_bytes(),
+            new_parent,
+            new_name.as_bytes(),
+            flags & libc::RENAME_EXCHANGE != 0,
+        );
         Ok(())
     }
 
     async fn open(&self, _req: Request, inode: Inode, flags: u32) -> FuseResult<ReplyOpen> {
         // The kernel negotiated FUSE_ATOMIC_O_TRUNC: truncation on open is ours to do.
         let truncate = flags & libc::O_TRUNC as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0;
+        let append = flags & libc::O_APPEND as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0;
+        let (attr, looked_up) = self.revalidate(inode).await?;
+        if append && !truncate && !looked_up && !self.attrs.unchanged_since(&attr) {
+            // The kernel appends at the size it holds, which may be older than the
+            // file (changed elsewhere). An open cannot hand it attributes, a lookup
+            // can: ESTALE makes it look the path up (taking the new size) and retry.
+            self.names.refresh_through_lookup(inode);
+            return Err(errno(libc::ESTALE));
+        }
         if truncate {
             self.truncate(inode, 0).await?;
         }
         let fh = self.add_handle(Handle::File(FileHandle::default()));
-        // Cached pages are kept only if the file's mtime and size, as the server gave
-        // them in the lookup that preceded this open (file entry TTL 0), are those of
-        // the previous open here: a reader sees what other mounts wrote and closed.
-        let keep = !truncate
-            && match self.get_attr(inode).await {
-                Ok(attr) => self.attrs.unchanged_since_last_open(&attr),
-                Err(_) => false,
-            };
+        // Cached pages are kept only if the file's mtime, ctime and size, as the server
+        // gives them now, are those of the previous open here: a reader sees what
+        // other mounts wrote and closed.
+        let keep = !truncate && self.attrs.unchanged_since_last_open(&attr);
+        if !keep {
+            // The kernel may hold attributes of the old version for up to the attr
+            // TTL (a read would stop at the old size): make it ask again. Safe inside
+            // open (not a lookup/setattr/read/write of this inode).
+            if let Some(notify) = self.notify.get() {
+                notify.clone().invalid_inode(inode, -1, 0).await;
+            }
+        }
         Ok(ReplyOpen {
             fh,
             flags: if keep { FOPEN_KEEP_CACHE } else { 0 },
@@ -605,6 +714,9 @@ impl Filesystem for VolumeFs {
             .enumerate()
             .map(|(i, e)| {
                 self.attrs.put(&e.attr);
+                if e.name != b"." && e.name != b".." {
+                    self.names.remember(e.attr.ino, parent, &e.name);
+                }
                 Ok(DirectoryEntryPlus {
                     inode: e.attr.ino,
                     generation: 0,
@@ -662,6 +774,7 @@ impl Filesystem for VolumeFs {
     ) -> FuseResult<ReplyEntry> {
         let attr = self.do_symlink(&req, parent, name, link).await?;
         self.attrs.clear();
+        self.names.remember(attr.ino, parent, name.as_bytes());
         Ok(self.entry(&attr))
     }
 
@@ -680,6 +793,8 @@ impl Filesystem for VolumeFs {
     ) -> FuseResult<ReplyEntry> {
         let attr = self.do_link(inode, new_parent, new_name).await?;
         self.attrs.clear();
+        self.names
+            .remember(attr.ino, new_parent, new_name.as_bytes());
         Ok(self.entry(&attr))
     }
 
@@ -763,6 +878,7 @@ impl Filesystem for VolumeFs {
         if flags & libc::O_TRUNC as u32 != 0 && attr.size > 0 {
             attr = self.truncate(attr.ino, 0).await?;
         }
+        self.names.remember(attr.ino, parent, name.as_bytes());
         let fh = self.add_handle(Handle::File(FileHandle::default()));
         Ok(ReplyCreated {
             ttl: self.ttls.entry(&attr),
@@ -800,7 +916,9 @@ impl VolumeFs {
             })
             .await
             .map_err(errno)?;
-        self.attrs.clear();
-        attr_of(reply.value.attr)
+        let attr = attr_of(reply.value.attr)?;
+        self.attrs.forget(parent);
+        self.attrs.put(&attr);
+        Ok(attr)
     }
 }

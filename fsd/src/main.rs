@@ -79,8 +79,10 @@ enum Command {
         /// Entry cache time of directories in milliseconds.
         #[arg(long, default_value_t = 1000)]
         dir_entry_ttl_ms: u64,
-        /// Entry cache time of files in milliseconds (0 = close-to-open consistency).
-        #[arg(long, default_value_t = 0)]
+        /// Name cache time of files in milliseconds: how long a file created, removed or
+        /// renamed by another mount may go unseen by `stat` here. `open` checks the name
+        /// with the server whatever this is (close-to-open).
+        #[arg(long, default_value_t = 1000)]
         file_entry_ttl_ms: u64,
         /// How long an operation waits for an unreachable file server before EIO.
         #[arg(long, default_value_t = 30)]

@@ -101,14 +101,21 @@ fn two_mounts_share_one_volume() {
         fs::metadata(b.join("new")).unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    // A's name "new" may stay cached for the entry TTL, but an open checks it.
+    assert_eq!(
+        fs::read(a.join("new")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 
     // Unlink; rmdir once empty.
     fs::remove_file(b.join("dir/one")).unwrap();
     fs::remove_file(b.join("dir/two")).unwrap();
     assert_eq!(
-        fs::metadata(a.join("dir/one")).unwrap_err().kind(),
-        ErrorKind::NotFound
+        fs::read(a.join("dir/one")).unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "an open checks a cached name with the server"
     );
+    within_ttl(|| fs::metadata(a.join("dir/one")).is_err_and(|e| e.kind() == ErrorKind::NotFound));
     fs::remove_dir(a.join("dir")).unwrap();
     assert_eq!(
         fs::metadata(b.join("dir")).unwrap_err().kind(),
@@ -121,10 +128,7 @@ fn two_mounts_share_one_volume() {
         fs::metadata(a.join("hello.txt")).unwrap().mode() & 0o7777,
         0o600
     );
-    assert_eq!(
-        fs::metadata(b.join("hello.txt")).unwrap().mode() & 0o7777,
-        0o600
-    );
+    within_ttl(|| fs::metadata(b.join("hello.txt")).unwrap().mode() & 0o7777 == 0o600);
 
     // Truncate (down, then up again: the cut bytes must not come back).
     let f = OpenOptions::new()
@@ -200,4 +204,17 @@ fn two_mounts_share_one_volume() {
     let (mut a, mut b) = (a, b);
     assert!(a.stop(), "mount A did not exit 0 on SIGTERM");
     assert!(b.stop(), "mount B did not exit 0 on SIGTERM");
+}
+
+/// Waits for a change made on one mount to show in `stat` on another: names and
+/// attributes may be cached for the TTL (1 s by default), never longer.
+fn within_ttl(seen: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !seen() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "a change on the other mount was still not seen after 1.5 s (TTL 1 s)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

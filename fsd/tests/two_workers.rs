@@ -154,6 +154,39 @@ fn close_to_open_between_two_workers() {
     fs::write(b.join("config.tmp"), b"v2").unwrap();
     fs::rename(b.join("config.tmp"), b.join("config")).unwrap();
     assert_eq!(fs::read(a.join("config")).unwrap(), b"v2");
+
+    // Names stay cached for a second (the entry TTL), but an open checks its name
+    // with the server, so a cached name never opens what another worker replaced
+    // or removed, even when the old file lives on under another name.
+    fs::write(a.join("current"), b"old").unwrap();
+    assert_eq!(fs::read(b.join("current")).unwrap(), b"old");
+    fs::rename(a.join("current"), a.join("previous")).unwrap();
+    fs::write(a.join("next"), b"new").unwrap();
+    fs::rename(a.join("next"), a.join("current")).unwrap();
+    assert_eq!(fs::read(b.join("current")).unwrap(), b"new", "cached name");
+    assert_eq!(fs::read(b.join("previous")).unwrap(), b"old");
+    fs::remove_file(a.join("previous")).unwrap();
+    assert_eq!(
+        fs::read(b.join("previous")).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOENT)),
+        "an open through a cached name of a removed file"
+    );
+    // An append through a cached name lands after what the other worker appended.
+    fs::write(a.join("journal"), b"1\n").unwrap();
+    assert_eq!(fs::read(b.join("journal")).unwrap(), b"1\n");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(a.join("journal"))
+        .unwrap();
+    f.write_all(b"2\n").unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(b.join("journal"))
+        .unwrap();
+    f.write_all(b"3\n").unwrap();
+    drop(f);
+    assert_eq!(fs::read(a.join("journal")).unwrap(), b"1\n2\n3\n");
 }
 
 fn open_rw(path: &Path) -> fs::File {

@@ -19,8 +19,10 @@ pub struct Ttls {
     pub attr: Duration,
     /// Entries (and attributes from lookup) of directories.
     pub dir_entry: Duration,
-    /// Entries (and attributes from lookup) of files. Zero makes every open by path
-    /// ask the server again, which gives close-to-open consistency across mounts.
+    /// Entries (and attributes from lookup) of files and symlinks. `open` asks the
+    /// server whether the name still leads to the inode and whether the file changed
+    /// (and then makes the kernel drop its attributes and pages), so a cached name
+    /// never lets an open miss what another mount wrote and closed (close-to-open).
     pub file_entry: Duration,
 }
 
@@ -29,7 +31,7 @@ impl Default for Ttls {
         Self {
             attr: Duration::from_secs(1),
             dir_entry: Duration::from_secs(1),
-            file_entry: Duration::ZERO,
+            file_entry: Duration::from_secs(1),
         }
     }
 }
@@ -47,11 +49,10 @@ impl Ttls {
 
 /// Attributes the server sent within the attribute TTL, by inode.
 ///
-/// fuse3 gives a lookup reply one TTL for the entry and the attributes, and file
-/// entries have TTL 0 (every open by path asks the server: close-to-open), so the
-/// kernel follows each lookup of a file with a getattr. This cache answers that
-/// getattr (and `access`, `opendir`) from the lookup's reply, as the kernel itself
-/// would with a nonzero attribute TTL: attributes are at most `ttl` old, as documented.
+/// Answers the kernel's `getattr` (and `access`, `opendir`) from what lookups,
+/// listings and opens brought within `ttl` (for instance after the kernel dropped
+/// its own copy at an open that found the file changed): attributes are at most
+/// `ttl` old, as documented.
 /// Any change made through this mount that can touch other inodes' attributes
 /// (unlink, rename, link, …) empties it; a write or xattr change forgets its inode.
 #[derive(Debug)]
@@ -88,6 +89,13 @@ impl AttrCache {
         opened.insert(attr.ino, now) == Some(now)
     }
 
+    /// Whether `attr` is the version the previous open through this mount saw
+    /// (without recording this one).
+    pub fn unchanged_since(&self, attr: &Attr) -> bool {
+        let opened = self.opened.lock().expect("open versions lock poisoned");
+        opened.get(&attr.ino) == Some(&(attr.mtime_ns, attr.ctime_ns, attr.size))
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Attr, Instant)>> {
         self.inner.lock().expect("attribute cache lock poisoned")
     }
@@ -119,6 +127,156 @@ impl AttrCache {
     /// Forgets everything (a change that may touch attributes of other inodes).
     pub fn clear(&self) {
         self.inner().clear();
+    }
+}
+
+/// The names each inode was reached by through this mount (lookup, listing, create,
+/// link, rename), so `open` can check with the server that they still lead to it.
+#[derive(Debug, Default)]
+pub struct Names {
+    inner: Mutex<NameMaps>,
+}
+
+/// Names kept per inode (hard links); the oldest goes first.
+const NAMES_PER_INODE: usize = 4;
+
+type Name = (u64, Vec<u8>);
+
+#[derive(Debug, Default)]
+struct NameMaps {
+    by_ino: HashMap<u64, Vec<Name>>,
+    by_name: HashMap<Name, u64>,
+    /// Names an open found stale (it answered ESTALE): the kernel is about to look
+    /// one of them up again and retry the open.
+    stale: std::collections::HashSet<Name>,
+    /// Inodes the kernel just looked up again through such a name.
+    fresh: std::collections::HashSet<u64>,
+    /// Inodes whose open answered ESTALE so that the kernel's lookup brings it
+    /// their new size (an `O_APPEND` open of a file changed elsewhere).
+    resize: std::collections::HashSet<u64>,
+}
+
+impl NameMaps {
+    fn unlink(&mut self, key: &Name) -> Option<u64> {
+        let ino = self.by_name.remove(key)?;
+        if let Some(names) = self.by_ino.get_mut(&ino) {
+            names.retain(|n| n != key);
+            if names.is_empty() {
+                self.by_ino.remove(&ino);
+            }
+        }
+        Some(ino)
+    }
+}
+
+impl Names {
+    fn inner(&self) -> std::sync::MutexGuard<'_, NameMaps> {
+        self.inner.lock().expect("name map lock poisoned")
+    }
+
+    /// Records that `name` in directory `parent` leads to `ino`.
+    pub fn remember(&self, ino: u64, parent: u64, name: &[u8]) {
+        let mut maps = self.inner();
+        if maps.by_name.len() >= ATTR_CACHE_MAX {
+            maps.by_ino.clear();
+            maps.by_name.clear();
+        }
+        let key = (parent, name.to_vec());
+        if maps.resize.remove(&ino) {
+            maps.fresh.insert(ino);
+        }
+        if maps.stale.remove(&key) {
+            // The kernel retries an open through this name, and the server just
+            // said where it leads: the retried open needs no other check.
+            if maps.fresh.len() >= ATTR_CACHE_MAX {
+                maps.fresh.clear();
+            }
+            maps.fresh.insert(ino);
+        }
+        match maps.by_name.get(&key) {
+            Some(known) if *known == ino => return,
+            Some(_) => {
+                maps.unlink(&key);
+            }
+            None => {}
+        }
+        let names = maps.by_ino.entry(ino).or_default();
+        names.push(key.clone());
+        let dropped = (names.len() > NAMES_PER_INODE).then(|| names.remove(0));
+        if let Some(old) = dropped {
+            maps.by_name.remove(&old);
+        }
+        maps.by_name.insert(key, ino);
+    }
+
+    /// Every known (parent, name) of `ino`.
+    pub fn of(&self, ino: u64) -> Vec<Name> {
+        self.inner().by_ino.get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// `name` in `parent` no longer leads where it did.
+    pub fn removed(&self, parent: u64, name: &[u8]) {
+        self.inner().unlink(&(parent, name.to_vec()));
+    }
+
+    /// An open found that `name` in `parent` no longer leads to its inode and
+    /// answered ESTALE; the kernel will look the path up again.
+    pub fn found_stale(&self, parent: u64, name: &[u8]) {
+        let mut maps = self.inner();
+        let key = (parent, name.to_vec());
+        maps.unlink(&key);
+        if maps.stale.len() >= ATTR_CACHE_MAX {
+            maps.stale.clear();
+        }
+        maps.stale.insert(key);
+    }
+
+    /// An open of `ino` answers ESTALE so that the kernel looks it up again (and
+    /// takes its current size from the lookup) before retrying.
+    pub fn refresh_through_lookup(&self, ino: u64) {
+        let mut maps = self.inner();
+        if maps.resize.len() >= ATTR_CACHE_MAX {
+            maps.resize.clear();
+        }
+        maps.resize.insert(ino);
+    }
+
+    /// Whether `ino` was just looked up again for an open retried after ESTALE
+    /// (answers once).
+    pub fn take_fresh(&self, ino: u64) -> bool {
+        self.inner().fresh.remove(&ino)
+    }
+
+    /// A lookup of `name` in `parent` found nothing.
+    pub fn not_found(&self, parent: u64, name: &[u8]) {
+        let mut maps = self.inner();
+        let key = (parent, name.to_vec());
+        maps.unlink(&key);
+        maps.stale.remove(&key);
+    }
+
+    /// `name` in `parent` became `new_name` in `new_parent` through this mount
+    /// (whatever the new name held before is gone). `exchanged`: the two swapped.
+    pub fn renamed(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        exchanged: bool,
+    ) {
+        let (moved, replaced) = {
+            let mut maps = self.inner();
+            let moved = maps.unlink(&(parent, name.to_vec()));
+            let replaced = maps.unlink(&(new_parent, new_name.to_vec()));
+            (moved, replaced)
+        };
+        if let Some(ino) = moved {
+            self.remember(ino, new_parent, new_name);
+        }
+        if let (true, Some(ino)) = (exchanged, replaced) {
+            self.remember(ino, parent, name);
+        }
     }
 }
 
