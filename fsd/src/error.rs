@@ -45,6 +45,8 @@ pub enum FsError {
     NotSupported(String),
     #[error("metadata database failed: {0}; check the state directory's disk")]
     Meta(#[from] sqlx::Error),
+    #[error("metadata database read failed: {0}; check the state directory's disk")]
+    MetaRead(#[from] rusqlite::Error),
     #[error("metadata migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("object store failed: {0}; check the store directory or bucket")]
@@ -76,9 +78,11 @@ impl FsError {
             FsError::InodeQuota => libc::EDQUOT,
             FsError::WouldBlock => libc::EAGAIN,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
-                libc::EIO
-            }
+            FsError::Meta(_)
+            | FsError::MetaRead(_)
+            | FsError::Migrate(_)
+            | FsError::Store(_)
+            | FsError::Corrupt(_) => libc::EIO,
             FsError::Unavailable(_) => libc::EAGAIN,
         }
     }
@@ -101,9 +105,11 @@ impl FsError {
             FsError::InodeQuota => "edquot",
             FsError::WouldBlock => "eagain",
             FsError::NotSupported(_) => "eopnotsupp",
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => {
-                "eio"
-            }
+            FsError::Meta(_)
+            | FsError::MetaRead(_)
+            | FsError::Migrate(_)
+            | FsError::Store(_)
+            | FsError::Corrupt(_) => "eio",
             FsError::Unavailable(_) => "unavailable",
         }
     }
@@ -131,7 +137,11 @@ impl FsError {
             }
             FsError::WouldBlock => (Code::FailedPrecondition, self.to_string()),
             FsError::Unavailable(_) => (Code::Unavailable, self.to_string()),
-            FsError::Meta(_) | FsError::Migrate(_) | FsError::Store(_) | FsError::Corrupt(_) => (
+            FsError::Meta(_)
+            | FsError::MetaRead(_)
+            | FsError::Migrate(_)
+            | FsError::Store(_)
+            | FsError::Corrupt(_) => (
                 Code::Internal,
                 "file server storage failed; see the fsd log".to_string(),
             ),

@@ -8,6 +8,7 @@
 //! the last link of a file goes away it returns the inode number and the caller deletes
 //! the chunks after the transaction committed.
 
+pub mod fast;
 pub mod journal;
 pub mod links;
 pub mod rename;
@@ -99,6 +100,7 @@ pub struct NewInode {
 pub struct MetaStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    fast: fast::FastReader,
     known_volumes: Mutex<HashSet<String>>,
 }
 
@@ -136,6 +138,7 @@ impl MetaStore {
         Ok(Self {
             writer,
             reader,
+            fast: fast::FastReader::new(&path),
             known_volumes: Mutex::new(HashSet::new()),
         })
     }
@@ -194,31 +197,13 @@ impl MetaStore {
 
     /// Attributes of an inode.
     pub async fn get_attr(&self, volume: &str, ino: u64) -> FsResult<Attr> {
-        let row: Option<InodeRow> = sqlx::query_as(&format!(
-            "SELECT {INODE_COLS} FROM inodes WHERE volume = ? AND ino = ?"
-        ))
-        .bind(volume)
-        .bind(ino as i64)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| r.to_attr()).ok_or(FsError::NotFound)
+        self.fast.get_attr(volume, ino)?.ok_or(FsError::NotFound)
     }
 
     /// Attributes of the entry `name` in directory `parent`.
     pub async fn lookup(&self, volume: &str, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let row: Option<InodeRow> = sqlx::query_as(
-            "SELECT i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.nlink, i.atime_ns, \
-             i.mtime_ns, i.ctime_ns FROM dentries d JOIN inodes i \
-             ON i.volume = d.volume AND i.ino = d.ino \
-             WHERE d.volume = ? AND d.parent = ? AND d.name = ?",
-        )
-        .bind(volume)
-        .bind(parent as i64)
-        .bind(name)
-        .fetch_optional(&self.reader)
-        .await?;
-        match row {
-            Some(row) => Ok(row.to_attr()),
+        match self.fast.lookup(volume, parent, name)? {
+            Some(attr) => Ok(attr),
             None => {
                 // Tell "no such entry" from "parent is not a directory".
                 let parent = self.get_attr(volume, parent).await?;
