@@ -29,7 +29,7 @@ use crate::cgroup::{SandboxCgroup, Usage};
 use crate::helper::{self, HelperRequest};
 use crate::metrics::{InstanceLabels, Metrics, SiteLabel};
 use crate::reaper::Reaper;
-use crate::store::{Record, Status, Store, StoreError};
+use crate::store::{Change, Record, Status, Store, StoreError};
 use crate::validate::{self, ValidationError};
 use crate::{spec, SandboxdError};
 
@@ -103,7 +103,7 @@ pub struct Layout {
     pub bundles: PathBuf,
     /// libcontainer's state root, `<state>/containers/<id>/`.
     pub containers: PathBuf,
-    /// `<state>/sandboxes.json`
+    /// `<state>/sandboxes.json` (and its change log `<state>/sandboxes.log`).
     pub records: PathBuf,
 }
 
@@ -146,6 +146,9 @@ pub struct Sandboxes {
     /// one by one does not remove and make it again in every hierarchy each time.
     emptied_sites: Mutex<HashMap<String, Instant>>,
 }
+
+/// Lines in the store's change log past which the monitor writes a new snapshot.
+const COMPACT_AFTER: usize = 256;
 
 /// How long an empty site's parent cgroup stays before the monitor removes it.
 pub const SITE_CGROUP_LINGER: Duration = Duration::from_secs(3);
@@ -260,9 +263,11 @@ impl Sandboxes {
     }
 
     /// One pass of the monitor: reports new OOM kills, refreshes usage gauges and cuts
-    /// back log files over the cap, of every sandbox that is not stopped.
+    /// back log files over the cap, of every sandbox that is not stopped; removes
+    /// lingering site cgroups; snapshots the records when their change log is long.
     pub fn monitor(&self) {
         self.remove_emptied_sites();
+        self.compact_store();
         let live: Vec<Record> = self
             .records
             .lock()
@@ -428,7 +433,13 @@ impl Sandboxes {
             .cloned()
     }
 
-    fn update<F: FnOnce(&mut BTreeMap<String, Record>)>(&self, f: F) -> Result<(), StoreError> {
+    /// Applies `f`, which changes at most the record of `id`, and appends that
+    /// change to the store's log before returning.
+    fn update<F: FnOnce(&mut BTreeMap<String, Record>)>(
+        &self,
+        id: &str,
+        f: F,
+    ) -> Result<(), StoreError> {
         let mut records = self.records.lock().expect("records poisoned");
         f(&mut records);
         let running = records
@@ -436,10 +447,26 @@ impl Sandboxes {
             .filter(|r| r.status == Status::Running)
             .count();
         self.metrics.running.set(running as i64);
-        let saved = self.store.save(&records);
+        let change = match records.get(id) {
+            Some(r) => Change::Put(r.clone()),
+            None => Change::Remove(id.to_string()),
+        };
+        let saved = self.store.append(&change);
         drop(records);
         self.changes.send_modify(|n| *n += 1);
         saved
+    }
+
+    /// Writes a new snapshot of the records once the store's change log is long
+    /// (the log is replayed at start).
+    fn compact_store(&self) {
+        if self.store.log_lines() < COMPACT_AFTER {
+            return;
+        }
+        let records = self.records.lock().expect("records poisoned");
+        if let Err(err) = self.store.save(&records) {
+            tracing::warn!(%err, "writing a snapshot of the sandbox records");
+        }
     }
 
     fn update_gauge(&self) {
@@ -461,7 +488,7 @@ impl Sandboxes {
             self.report_ooms(id, &r.site, oom_kills);
         }
         let oom = oom_kills > 0;
-        let res = self.update(|records| {
+        let res = self.update(id, |records| {
             if let Some(r) = records.get_mut(id) {
                 if r.pid == pid && r.status != Status::Stopped {
                     r.status = Status::Stopped;
@@ -513,11 +540,20 @@ impl Sandboxes {
         // Our own children are direct children: their PPid is us, or a helper of ours
         // that has not exited yet (its orphans come to us, the nearest subreaper).
         let me = std::process::id() as i32;
-        match parent_of(pid) {
-            Some(ppid) => ppid == me || parent_of(ppid) == Some(me),
-            // Already reaped (or gone): a recorded exit code tells.
-            None => self.reaper.exit_code(pid).is_some(),
+        // The helper may be exiting right now: once it is gone (reaped) its pid no
+        // longer tells, but the init has been re-parented to us by then; look again.
+        for _ in 0..3 {
+            match parent_of(pid) {
+                Some(ppid) if ppid == me => return true,
+                Some(ppid) => match parent_of(ppid) {
+                    Some(grandparent) => return grandparent == me,
+                    None => continue,
+                },
+                // Already reaped (or gone): a recorded exit code tells.
+                None => return self.reaper.exit_code(pid).is_some(),
+            }
         }
+        false
     }
 
     /// Creates a sandbox: writes its bundle and has libcontainer create the
@@ -614,7 +650,7 @@ impl Sandboxes {
             cgroup_path: spec::cgroup_path(&req.site, &id),
             log_path: PathBuf::from(&req.log_path),
         };
-        self.update(|records| {
+        self.update(&id, |records| {
             records.insert(id.clone(), record.clone());
         })?;
         let child = self.is_child(pid);
@@ -658,7 +694,7 @@ impl Sandboxes {
             });
         }
         self.metrics.starts.inc();
-        self.update(|records| {
+        self.update(id, |records| {
             if let Some(r) = records.get_mut(id) {
                 if r.status == Status::Created {
                     r.status = Status::Running;
@@ -770,7 +806,7 @@ impl Sandboxes {
             .await?;
         if let Some(r) = record {
             let mut site_empty = false;
-            self.update(|records| {
+            self.update(id, |records| {
                 records.remove(id);
                 site_empty = !records.values().any(|o| o.site == r.site);
             })?;

