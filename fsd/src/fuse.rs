@@ -42,6 +42,8 @@ use crate::client::FsClient;
 const MAX_WRITE: u32 = 1 << 20;
 /// Most directory entries handed to one readdir call (the kernel buffer holds fewer).
 const LISTING_SLICE: usize = 1024;
+/// Files up to this size come with the lookup an open makes, saving a read.
+const READ_SMALL: u32 = 128 << 10;
 /// `FOPEN_KEEP_CACHE` (linux/fuse.h): keep the file's cached pages across this open.
 const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
@@ -60,6 +62,11 @@ struct FileHandle {
     boot_id: Option<String>,
     /// A write was acknowledged by a different server boot than an earlier one.
     maybe_lost: bool,
+    /// The inode the handle is open on.
+    ino: u64,
+    /// The whole file as the open's lookup brought it (small files): reads of this
+    /// handle are answered from it until a write or truncate through this mount.
+    contents: Option<Bytes>,
 }
 
 /// One entry of a directory listing (including `.` and `..`).
@@ -172,20 +179,27 @@ impl VolumeFs {
     /// mount), ESTALE makes the kernel look the whole path up again and retry the
     /// open once, so a cached name never opens a file another mount replaced.
     /// Also says whether the kernel looked the file up again just before (after an
-    /// ESTALE), so it holds the attributes returned.
-    async fn revalidate(&self, ino: u64) -> FuseResult<(Attr, bool)> {
+    /// ESTALE), so it holds the attributes returned, and brings the contents of a
+    /// small file whose version differs from the one this mount last opened.
+    async fn revalidate(&self, ino: u64) -> FuseResult<(Attr, bool, Option<Bytes>)> {
         let stale = || errno(libc::ESTALE);
         if self.names.take_fresh(ino) {
             if let Some(attr) = self.attrs.get(ino) {
-                return Ok((attr, true));
+                return Ok((attr, true, None));
             }
         }
+        let held = self.attrs.last_open(ino).unwrap_or_default();
         let mut fresh = None;
+        let mut contents = None;
         for (parent, name) in self.names.of(ino) {
             let req = LookupRequest {
                 volume: self.volume.clone(),
                 parent,
                 name: name.clone(),
+                read_small: READ_SMALL,
+                cached_mtime_ns: held.0,
+                cached_ctime_ns: held.1,
+                cached_size: held.2,
             };
             match self
                 .client
@@ -199,6 +213,7 @@ impl VolumeFs {
                         return Err(stale());
                     }
                     fresh = Some(attr);
+                    contents = reply.value.data.map(Bytes::from);
                 }
                 Err(e) if e == libc::ENOENT || e == libc::ENOTDIR => {
                     self.names.found_stale(parent, &name);
@@ -227,7 +242,19 @@ impl VolumeFs {
             }
         };
         self.attrs.put(&attr);
-        Ok((attr, false))
+        Ok((attr, false, contents))
+    }
+
+    /// Forgets the contents open handles of `ino` hold (a write or truncate went
+    /// through this mount).
+    fn drop_contents(&self, ino: u64) {
+        for handle in self.handles().values_mut() {
+            if let Handle::File(h) = handle {
+                if h.ino == ino {
+                    h.contents = None;
+                }
+            }
+        }
     }
 
     async fn truncate(&self, ino: u64, size: u64) -> FuseResult<Attr> {
@@ -246,6 +273,7 @@ impl VolumeFs {
             )
             .await
             .map_err(errno)?;
+        self.drop_contents(ino);
         self.attrs.put(&reply.value);
         Ok(reply.value)
     }
@@ -329,6 +357,7 @@ impl Filesystem for VolumeFs {
             volume: self.volume.clone(),
             parent,
             name: name.as_bytes().to_vec(),
+            ..Default::default()
         };
         let reply = match self
             .client
@@ -390,6 +419,9 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         self.attrs.put(&reply.value);
+        if set_attr.size.is_some() {
+            self.drop_contents(inode);
+        }
         Ok(ReplyAttr {
             ttl: self.ttls.attr,
             attr: file_attr(&reply.value),
@@ -520,7 +552,7 @@ impl Filesystem for VolumeFs {
         // The kernel negotiated FUSE_ATOMIC_O_TRUNC: truncation on open is ours to do.
         let truncate = flags & libc::O_TRUNC as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0;
         let append = flags & libc::O_APPEND as u32 != 0 && flags & libc::O_ACCMODE as u32 != 0;
-        let (attr, looked_up) = self.revalidate(inode).await?;
+        let (attr, looked_up, contents) = self.revalidate(inode).await?;
         if append && !truncate && !looked_up && !self.attrs.unchanged_since(&attr) {
             // The kernel appends at the size it holds, which may be older than the
             // file (changed elsewhere). An open cannot hand it attributes, a lookup
@@ -531,11 +563,15 @@ impl Filesystem for VolumeFs {
         if truncate {
             self.truncate(inode, 0).await?;
         }
-        let fh = self.add_handle(Handle::File(FileHandle::default()));
         // Cached pages are kept only if the file's mtime, ctime and size, as the server
         // gives them now, are those of the previous open here: a reader sees what
         // other mounts wrote and closed.
         let keep = !truncate && self.attrs.unchanged_since_last_open(&attr);
+        let fh = self.add_handle(Handle::File(FileHandle {
+            ino: inode,
+            contents: contents.filter(|_| !keep && !truncate),
+            ..FileHandle::default()
+        }));
         if !keep {
             // The kernel may hold attributes of the old version for up to the attr
             // TTL (a read would stop at the old size): make it ask again. Safe inside
@@ -554,10 +590,23 @@ impl Filesystem for VolumeFs {
         &self,
         _req: Request,
         inode: Inode,
-        _fh: u64,
+        fh: u64,
         offset: u64,
         size: u32,
     ) -> FuseResult<ReplyData> {
+        let held = match self.handles().get(&fh) {
+            Some(Handle::File(h)) => h.contents.clone(),
+            _ => None,
+        };
+        if let Some(all) = held {
+            // The whole file, as the open found it.
+            let len = all.len() as u64;
+            let start = offset.min(len) as usize;
+            let end = offset.saturating_add(u64::from(size)).min(len) as usize;
+            return Ok(ReplyData {
+                data: all.slice(start..end),
+            });
+        }
         let req = ReadRequest {
             volume: self.volume.clone(),
             ino: inode,
@@ -596,6 +645,7 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         self.attrs.forget(inode);
+        self.drop_contents(inode);
         if let Some(Handle::File(h)) = self.handles().get_mut(&fh) {
             if h.dirty && h.boot_id.is_some() && h.boot_id != reply.boot_id {
                 h.maybe_lost = true;
@@ -879,7 +929,10 @@ impl Filesystem for VolumeFs {
             attr = self.truncate(attr.ino, 0).await?;
         }
         self.names.remember(attr.ino, parent, name.as_bytes());
-        let fh = self.add_handle(Handle::File(FileHandle::default()));
+        let fh = self.add_handle(Handle::File(FileHandle {
+            ino: attr.ino,
+            ..FileHandle::default()
+        }));
         Ok(ReplyCreated {
             ttl: self.ttls.entry(&attr),
             attr: file_attr(&attr),

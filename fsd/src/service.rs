@@ -43,6 +43,8 @@ pub const BOOT_METADATA_KEY: &str = "x-berth-fsd-boot";
 
 /// Largest single read or write accepted (the FUSE client sends at most 1 MiB).
 const MAX_IO: u32 = 16 << 20;
+/// Largest file a lookup made for an open sends along (`LookupRequest.read_small`).
+const MAX_READ_SMALL: u32 = 1 << 20;
 /// Block size reported by statfs.
 const STATFS_BSIZE: u32 = 4096;
 /// Capacity reported by statfs: 4 TiB, in blocks (object storage has no fixed size).
@@ -135,6 +137,41 @@ impl VolumeService {
         Ok(())
     }
 
+    /// The reply to a lookup made for an open: with the whole file when it is a
+    /// regular file of at most `read_small` bytes (capped at [`MAX_READ_SMALL`]) in a
+    /// version other than the one the client holds, so the open needs no read.
+    async fn with_small_contents(&self, r: &LookupRequest, attr: Attr) -> FsResult<Entry> {
+        let limit = u64::from(r.read_small.min(MAX_READ_SMALL));
+        let held = (r.cached_mtime_ns, r.cached_ctime_ns, r.cached_size);
+        let wanted = |a: &Attr| {
+            a.kind == FileKind::File as i32
+                && a.size <= limit
+                && (a.mtime_ns, a.ctime_ns, a.size) != held
+        };
+        if !wanted(&attr) {
+            return Ok(Entry {
+                attr: Some(attr),
+                data: None,
+            });
+        }
+        // Under the inode's lock (writers hold it too) attributes and bytes are of
+        // one version.
+        let mut inode = self.data.lock(&r.volume, attr.ino).await;
+        let attr = self.meta.get_attr(&r.volume, attr.ino).await?;
+        if !wanted(&attr) {
+            return Ok(Entry {
+                attr: Some(attr),
+                data: None,
+            });
+        }
+        let data = inode.read(attr.size, 0, attr.size as u32).await?;
+        self.metrics.add_read(data.len() as u64);
+        Ok(Entry {
+            attr: Some(attr),
+            data: Some(data),
+        })
+    }
+
     /// Attributes of a regular file, or EISDIR.
     async fn file_attr(&self, volume: &str, ino: u64) -> FsResult<Attr> {
         let attr = self.meta.get_attr(volume, ino).await?;
@@ -161,7 +198,7 @@ impl Volumes for VolumeService {
         self.run("lookup", &r.volume, async {
             validate_name(&r.name)?;
             let attr = self.meta.lookup(&r.volume, r.parent, &r.name).await?;
-            Ok(Entry { attr: Some(attr) })
+            self.with_small_contents(&r, attr).await
         })
         .await
     }
@@ -246,7 +283,10 @@ impl Volumes for VolumeService {
                 .meta
                 .create_file(&r.volume, r.parent, &r.name, new, r.exclusive)
                 .await?;
-            Ok(Entry { attr: Some(attr) })
+            Ok(Entry {
+                attr: Some(attr),
+                data: None,
+            })
         })
         .await
     }
@@ -262,7 +302,10 @@ impl Volumes for VolumeService {
             };
             self.quota.new_inode(&self.meta, &r.volume).await?;
             let attr = self.meta.mkdir(&r.volume, r.parent, &r.name, new).await?;
-            Ok(Entry { attr: Some(attr) })
+            Ok(Entry {
+                attr: Some(attr),
+                data: None,
+            })
         })
         .await
     }

@@ -177,6 +177,21 @@ fn two_mounts_share_one_volume() {
         "a1\nb1\na2\nb2\n"
     );
 
+    // A small file comes with the open; a write through another descriptor on the
+    // same mount is still what the first descriptor reads afterwards.
+    fs::write(b.join("small.txt"), b"version one").unwrap();
+    let first = fs::File::open(a.join("small.txt")).unwrap();
+    let second = OpenOptions::new()
+        .write(true)
+        .open(a.join("small.txt"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_at(&second, b"VERSION", 0).unwrap();
+    let mut buf = [0u8; 11];
+    std::os::unix::fs::FileExt::read_exact_at(&first, &mut buf, 0).unwrap();
+    assert_eq!(&buf, b"VERSION one");
+    drop((first, second));
+    assert_eq!(fs::read(b.join("small.txt")).unwrap(), b"VERSION one");
+
     // statfs works (df).
     let df = Command::new("df").arg(&a.path).output().unwrap();
     assert!(

@@ -89,6 +89,12 @@ impl AttrCache {
         opened.insert(attr.ino, now) == Some(now)
     }
 
+    /// (mtime, ctime, size) of `ino` at its previous open through this mount.
+    pub fn last_open(&self, ino: u64) -> Option<(i64, i64, u64)> {
+        let opened = self.opened.lock().expect("open versions lock poisoned");
+        opened.get(&ino).copied()
+    }
+
     /// Whether `attr` is the version the previous open through this mount saw
     /// (without recording this one).
     pub fn unchanged_since(&self, attr: &Attr) -> bool {

@@ -61,7 +61,10 @@ impl VolumeService {
             .meta
             .symlink(&r.volume, r.parent, &r.name, &r.target, owner)
             .await?;
-        Ok(Entry { attr: Some(attr) })
+        Ok(Entry {
+            attr: Some(attr),
+            data: None,
+        })
     }
 
     pub(super) async fn read_link_op(&self, volume: &str, ino: u64) -> FsResult<ReadLinkResponse> {
@@ -75,7 +78,10 @@ impl VolumeService {
             .meta
             .link(&r.volume, r.ino, r.new_parent, &r.new_name)
             .await?;
-        Ok(Entry { attr: Some(attr) })
+        Ok(Entry {
+            attr: Some(attr),
+            data: None,
+        })
     }
 
     pub(super) async fn set_xattr_op(&self, r: &SetXattrRequest) -> FsResult<()> {
