@@ -3,7 +3,8 @@
 //! The agent calls the `berth.sandbox.v1.Sandboxes` gRPC service over a Unix socket
 //! ([`client::connect`]). A Create validates the request ([`validate`]), writes an OCI
 //! bundle ([`spec`]) and has youki's libcontainer create the container in a
-//! short-lived single-threaded helper process ([`helper`]); the container's init is
+//! short-lived single-threaded helper process ([`helper`]), passing it the seccomp
+//! profile compiled once per daemon ([`seccomp::bpf`]); the container's init is
 //! re-parented to the daemon, which reaps it ([`reaper`]). Start, Stop (SIGTERM,
 //! grace, SIGKILL of the whole cgroup: [`cgroup`]) and Delete work on the records kept
 //! in [`store`]; [`sandboxes`] holds the lifecycle, [`service`] the gRPC mapping,
