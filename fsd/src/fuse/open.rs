@@ -1,0 +1,96 @@
+//! What an open asks the file server: whether the names this mount reached a file by
+//! still lead to it (close-to-open for names: a stale one answers ESTALE and the kernel
+//! looks the path up again), the file's current version, and for a small file in a
+//! version this mount holds no pages of, its contents. See docs/home-semantics.md.
+
+use berth_api::volume::{Attr, LookupRequest};
+use bytes::Bytes;
+use fuse3::Result as FuseResult;
+
+use super::{attr_of, errno, Handle, VolumeFs, READ_SMALL};
+
+impl VolumeFs {
+    /// The attributes of file `ino` fresh from the server, for an open: asks the
+    /// server for the names `ino` was reached by here and checks that they still
+    /// lead to `ino`. When one does not (removed, or replaced by a rename on another
+    /// mount), ESTALE makes the kernel look the whole path up again and retry the
+    /// open once, so a cached name never opens a file another mount replaced.
+    /// Also says whether the kernel looked the file up again just before (after an
+    /// ESTALE), so it holds the attributes returned, and brings the contents of a
+    /// small file whose version differs from the one this mount last opened.
+    pub(super) async fn revalidate(&self, ino: u64) -> FuseResult<(Attr, bool, Option<Bytes>)> {
+        let stale = || errno(libc::ESTALE);
+        if self.names.take_fresh(ino) {
+            if let Some(attr) = self.attrs.get(ino) {
+                return Ok((attr, true, None));
+            }
+        }
+        let held = self.attrs.last_open(ino).unwrap_or_default();
+        let mut fresh = None;
+        let mut contents = None;
+        for (parent, name) in self.names.of(ino) {
+            let req = LookupRequest {
+                volume: self.volume.clone(),
+                parent,
+                name: name.clone(),
+                read_small: READ_SMALL,
+                cached_mtime_ns: held.0,
+                cached_ctime_ns: held.1,
+                cached_size: held.2,
+            };
+            match self
+                .client
+                .unary("lookup", req, |mut c, r| async move { c.lookup(r).await })
+                .await
+            {
+                Ok(reply) => {
+                    let attr = attr_of(reply.value.attr)?;
+                    if attr.ino != ino {
+                        self.names.found_stale(parent, &name);
+                        return Err(stale());
+                    }
+                    fresh = Some(attr);
+                    contents = reply.value.data.map(Bytes::from);
+                }
+                Err(e) if e == libc::ENOENT || e == libc::ENOTDIR => {
+                    self.names.found_stale(parent, &name);
+                    return Err(stale());
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        let attr = match fresh {
+            Some(attr) => attr,
+            None => {
+                let req = self.inode_req(ino);
+                match self
+                    .client
+                    .unary(
+                        "getattr",
+                        req,
+                        |mut c, r| async move { c.get_attr(r).await },
+                    )
+                    .await
+                {
+                    Ok(reply) => reply.value,
+                    Err(e) if e == libc::ENOENT => return Err(stale()),
+                    Err(e) => return Err(errno(e)),
+                }
+            }
+        };
+        self.attrs.put(&attr);
+        Ok((attr, false, contents))
+    }
+
+    /// Forgets the contents open handles of `ino` hold (a write or truncate went
+    /// through this mount).
+    pub(super) fn drop_contents(&self, ino: u64) {
+        for handle in self.handles().values_mut() {
+            if let Handle::File(h) = handle {
+                if h.ino == ino {
+                    h.contents = None;
+                }
+            }
+        }
+    }
+}
