@@ -49,6 +49,8 @@ const MAX_DIRTY_CHUNKS: usize = 8;
 /// When all inodes together hold more dirty chunks than this (256 MiB), a write
 /// starts uploading its inode's dirty chunks before returning.
 const MAX_TOTAL_DIRTY_CHUNKS: usize = 64;
+/// A write at least this large into a new chunk allocates the whole chunk at once.
+const LARGE_WRITE: usize = 128 << 10;
 /// Bytes of clean chunks kept in the read cache (shared by all inodes): 256 MiB.
 const CACHE_BYTES: usize = 256 << 20;
 
@@ -329,6 +331,10 @@ impl InodeData {
                     upload.bytes.to_vec()
                 } else if index * CHUNK_SIZE < size {
                     self.load(index).await?.to_vec()
+                } else if data.len() >= LARGE_WRITE {
+                    // A large writer will likely fill the chunk: grow it once, not
+                    // by copying it at every write.
+                    Vec::with_capacity(CHUNK_SIZE as usize)
                 } else {
                     Vec::new()
                 };

@@ -177,7 +177,8 @@ impl Journal {
     }
 
     /// Writes a snapshot covering segments `..= seq` (the caller holds the volume's
-    /// journal lock), then deletes the segments and snapshots it replaces.
+    /// journal lock), then deletes the segments and snapshots it replaces in the
+    /// background.
     async fn snapshot(&self, volume: &str, seq: u64) -> FsResult<()> {
         let tables = self.meta.dump(volume).await?;
         let snapshot = Snapshot {
@@ -191,17 +192,17 @@ impl Journal {
             .put(&snapshot_path(volume, seq), Bytes::from(body))
             .await?;
         self.meta.note_snapshot(volume, seq).await?;
-        for old in self.objects.list_seqs(&journal_prefix(volume)).await? {
-            if old <= seq {
-                self.objects.delete(&journal_path(volume, old)).await?;
-            }
-        }
-        for old in self.objects.list_seqs(&snapshot_prefix(volume)).await? {
-            if old < seq {
-                self.objects.delete(&snapshot_path(volume, old)).await?;
-            }
-        }
         tracing::info!(seq, "volume snapshot written");
+        // What the snapshot replaces goes in the background: dozens of DELETEs that
+        // no fsync needs to wait for (a rebuild reads the newest snapshot and only
+        // the segments after it; a deletion cut short is redone by the next one).
+        let objects = self.objects.clone();
+        let volume = volume.to_string();
+        tokio::spawn(async move {
+            if let Err(err) = delete_replaced(&objects, &volume, seq).await {
+                tracing::warn!(volume, seq, error = %err, "deleting segments a snapshot replaced failed; the next snapshot retries");
+            }
+        });
         Ok(())
     }
 
@@ -306,4 +307,19 @@ impl Journal {
         );
         Ok(Synced::Rebuilt)
     }
+}
+
+/// Deletes the segments and older snapshots that snapshot `seq` of `volume` replaces.
+async fn delete_replaced(objects: &Objects, volume: &str, seq: u64) -> FsResult<()> {
+    for old in objects.list_seqs(&journal_prefix(volume)).await? {
+        if old <= seq {
+            objects.delete(&journal_path(volume, old)).await?;
+        }
+    }
+    for old in objects.list_seqs(&snapshot_prefix(volume)).await? {
+        if old < seq {
+            objects.delete(&snapshot_path(volume, old)).await?;
+        }
+    }
+    Ok(())
 }
