@@ -63,6 +63,10 @@ impl FsClient {
                 })?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
+                // 1 MiB reads: HTTP/2's default 64 KiB window would stall each one
+                // on window updates.
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(16 << 20)
                 .http2_keep_alive_interval(Duration::from_secs(2))
                 .keep_alive_timeout(Duration::from_secs(3));
             servers.push(

@@ -7,10 +7,13 @@
 //! the metadata store says which version is current, so an overwrite never changes an
 //! object in place and a crash mid-upload leaves the old version intact. A chunk
 //! without a map entry, or a short one, reads as zeros up to the file size (holes).
-//! Writes land in per-inode dirty chunk buffers in memory; [`InodeData::flush`]
-//! (called by `Fsync`) uploads them, points the chunk map at them and commits the
-//! metadata journal, and only then does an fsync return. Memory pressure and truncation
-//! upload chunks without committing the journal. The file size lives in the metadata
+//! Writes land in per-inode dirty chunk buffers in memory; a chunk that fills up is
+//! uploaded in the background ([`upload`], write-behind) and reads ahead of a
+//! sequential reader are fetched in parallel ([`prefetch`]). [`InodeData::flush`]
+//! (called by `Fsync`) uploads what is still dirty, waits for every upload, points the
+//! chunk map at them and commits the metadata journal, and only then does an fsync
+//! return. Memory pressure and truncation upload chunks without committing the
+//! journal. The file size lives in the metadata
 //! store, never here: callers pass it in. Callers hold an inode's [`InodeData`] lock
 //! across the data and the metadata update of one operation, so writes, truncation and
 //! reads of one inode are ordered.
@@ -19,33 +22,37 @@ mod cache;
 pub mod journal;
 pub mod lease;
 pub mod objects;
+mod prefetch;
+mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, Semaphore};
 
 use crate::error::{FsError, FsResult};
 use crate::meta::MetaStore;
 use cache::ChunkCache;
 use journal::{Journal, Synced};
 use lease::{Acquired, Leases};
-use objects::{chunk_path, new_version, Objects};
+use objects::{chunk_path, Objects};
+use prefetch::{Prefetch, MAX_PREFETCH_PER_SERVER};
+use upload::{Reap, Upload, MAX_UPLOADS_PER_SERVER};
 
 /// Bytes per chunk object.
 pub const CHUNK_SIZE: u64 = 4 << 20;
-/// An inode with more dirty chunks than this is flushed during the write.
+/// An inode with more dirty (partly written) chunks than this starts uploading them
+/// during the write.
 const MAX_DIRTY_CHUNKS: usize = 8;
 /// When all inodes together hold more dirty chunks than this (256 MiB), a write
-/// flushes its inode before returning.
+/// starts uploading its inode's dirty chunks before returning.
 const MAX_TOTAL_DIRTY_CHUNKS: usize = 64;
+/// A write at least this large into a new chunk allocates the whole chunk at once.
+const LARGE_WRITE: usize = 128 << 10;
 /// Bytes of clean chunks kept in the read cache (shared by all inodes): 256 MiB.
 const CACHE_BYTES: usize = 256 << 20;
-/// Concurrent object uploads of one flush.
-const UPLOAD_PARALLELISM: usize = 4;
 
 type InodeKey = (String, u64);
 
@@ -62,6 +69,10 @@ pub struct ChunkStore {
     inodes: Mutex<HashMap<InodeKey, Arc<AsyncMutex<InodeState>>>>,
     cache: Arc<ChunkCache>,
     dirty_total: Arc<AtomicUsize>,
+    /// Permits for background chunk uploads of all inodes.
+    uploads: Arc<Semaphore>,
+    /// Permits for prefetch GETs of all inodes.
+    fetches: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ChunkStore {
@@ -72,12 +83,39 @@ impl std::fmt::Debug for ChunkStore {
     }
 }
 
-/// Dirty chunks of one inode, by chunk index.
+/// In-memory data of one inode: dirty chunks, uploads and prefetches, by chunk index.
 #[derive(Debug, Default)]
 struct InodeState {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// How many of `dirty` are counted in the store-wide total.
     counted: usize,
+    /// Chunks being uploaded in the background (write-behind), at most one per index.
+    uploading: BTreeMap<u64, Upload>,
+    /// The first background upload failure not yet reported by a flush.
+    failed: Option<FsError>,
+    /// Where the last read ended (to tell sequential readers).
+    read_end: Option<u64>,
+    /// Chunks being fetched ahead of a sequential reader.
+    prefetch: BTreeMap<u64, Prefetch>,
+}
+
+impl InodeState {
+    /// Whether dropping this state would lose data or an error not yet reported.
+    fn holds_data(&self) -> bool {
+        !self.dirty.is_empty() || !self.uploading.is_empty() || self.failed.is_some()
+    }
+
+    /// Forgets everything in flight and dirty (the data is gone or was replaced).
+    fn discard(&mut self) {
+        self.dirty.clear();
+        for upload in self.uploading.values() {
+            upload.abort();
+        }
+        self.uploading.clear();
+        self.failed = None;
+        self.prefetch.clear();
+        self.read_end = None;
+    }
 }
 
 /// Exclusive access to one inode's data while an operation runs.
@@ -90,6 +128,8 @@ pub struct InodeData {
     journal: Arc<Journal>,
     cache: Arc<ChunkCache>,
     dirty_total: Arc<AtomicUsize>,
+    uploads: Arc<Semaphore>,
+    fetches: Arc<Semaphore>,
 }
 
 impl ChunkStore {
@@ -106,6 +146,8 @@ impl ChunkStore {
             inodes: Mutex::new(HashMap::new()),
             cache: Arc::new(ChunkCache::new(CACHE_BYTES)),
             dirty_total: Arc::new(AtomicUsize::new(0)),
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS_PER_SERVER)),
+            fetches: Arc::new(Semaphore::new(MAX_PREFETCH_PER_SERVER)),
         }
     }
 
@@ -164,7 +206,7 @@ impl ChunkStore {
         for cell in cells {
             let mut state = cell.lock().await;
             let was = state.counted;
-            state.dirty.clear();
+            state.discard();
             state.counted = 0;
             self.dirty_total.fetch_sub(was, Ordering::Relaxed);
         }
@@ -204,7 +246,7 @@ impl ChunkStore {
             if inodes.len() > 1024 {
                 inodes.retain(|_, cell| {
                     Arc::strong_count(cell) > 1
-                        || cell.try_lock().map(|s| !s.dirty.is_empty()).unwrap_or(true)
+                        || cell.try_lock().map(|s| s.holds_data()).unwrap_or(true)
                 });
             }
             inodes.entry((volume.to_string(), ino)).or_default().clone()
@@ -218,6 +260,8 @@ impl ChunkStore {
             journal: self.journal.clone(),
             cache: self.cache.clone(),
             dirty_total: self.dirty_total.clone(),
+            uploads: self.uploads.clone(),
+            fetches: self.fetches.clone(),
         }
     }
 }
@@ -234,6 +278,7 @@ impl InodeData {
             return Ok(Vec::new());
         }
         let end = size.min(offset + u64::from(len));
+        self.prefetch_ahead(size, offset, end).await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
@@ -245,6 +290,10 @@ impl InodeData {
                 Some(buf) => Bytes::copy_from_slice(
                     &buf[in_chunk.min(buf.len())..(in_chunk + take).min(buf.len())],
                 ),
+                None if self.state.uploading.contains_key(&index) => {
+                    let whole = &self.state.uploading[&index].bytes;
+                    whole.slice(in_chunk.min(whole.len())..(in_chunk + take).min(whole.len()))
+                }
                 None => {
                     let whole = self.load(index).await?;
                     whole.slice(in_chunk.min(whole.len())..(in_chunk + take).min(whole.len()))
@@ -259,7 +308,9 @@ impl InodeData {
     }
 
     /// Writes `data` at `offset` into dirty chunks; `size` is the file size before.
-    /// Flushes when too many chunks are dirty.
+    /// Chunks this write fills up start uploading in the background; when too many
+    /// chunks are dirty, all of them do. Waits only when too many uploads are in
+    /// flight (backpressure).
     pub async fn write(&mut self, size: u64, offset: u64, data: &[u8]) -> FsResult<()> {
         let end = offset
             .checked_add(data.len() as u64)
@@ -267,6 +318,8 @@ impl InodeData {
             .ok_or(FsError::TooLarge {
                 max: i64::MAX as u64,
             })?;
+        self.reap(Reap::Finished).await?;
+        let mut filled = Vec::new();
         let mut pos = offset;
         while pos < end {
             let index = pos / CHUNK_SIZE;
@@ -274,12 +327,19 @@ impl InodeData {
             let take = (((index + 1) * CHUNK_SIZE).min(end) - pos) as usize;
             if !self.state.dirty.contains_key(&index) {
                 // Only chunks that hold data before the write need reading first.
-                let base = if index * CHUNK_SIZE < size {
+                let base = if let Some(upload) = self.state.uploading.get(&index) {
+                    upload.bytes.to_vec()
+                } else if index * CHUNK_SIZE < size {
                     self.load(index).await?.to_vec()
+                } else if data.len() >= LARGE_WRITE {
+                    // A large writer will likely fill the chunk: grow it once, not
+                    // by copying it at every write.
+                    Vec::with_capacity(CHUNK_SIZE as usize)
                 } else {
                     Vec::new()
                 };
                 self.cache.remove(&self.volume, self.ino, index);
+                self.state.prefetch.remove(&index);
                 self.state.dirty.insert(index, base);
             }
             let buf = self
@@ -292,84 +352,33 @@ impl InodeData {
             }
             let src = (pos - offset) as usize;
             buf[in_chunk..in_chunk + take].copy_from_slice(&data[src..src + take]);
+            if in_chunk + take == CHUNK_SIZE as usize && buf.len() == CHUNK_SIZE as usize {
+                filled.push(index);
+            }
             pos += take as u64;
+        }
+        for index in filled {
+            self.start_upload(index).await?;
         }
         let uncounted = self.state.dirty.len().saturating_sub(self.state.counted);
         let total = self.dirty_total.load(Ordering::Relaxed) + uncounted;
         if self.state.dirty.len() > MAX_DIRTY_CHUNKS || total > MAX_TOTAL_DIRTY_CHUNKS {
-            self.flush_chunks(None).await?;
+            let indices: Vec<u64> = self.state.dirty.keys().copied().collect();
+            for index in indices {
+                self.start_upload(index).await?;
+            }
         }
         Ok(())
     }
 
-    /// Makes the inode durable: uploads its dirty chunks, points the chunk map at
-    /// them and commits the volume's metadata journal (which covers every metadata
-    /// change so far, this inode's included). On failure the chunks not yet uploaded
-    /// stay dirty and the error is returned.
+    /// Makes the inode durable: uploads its dirty chunks, waits for its background
+    /// uploads, points the chunk map at them and commits the volume's metadata
+    /// journal (which covers every metadata change so far, this inode's included). A
+    /// background upload that failed since the last flush fails this one (its data is
+    /// kept dirty for the next attempt).
     pub async fn flush(&mut self) -> FsResult<()> {
-        self.flush_chunks(None).await?;
+        self.upload_all().await?;
         self.journal.commit(&self.volume).await
-    }
-
-    /// Uploads every dirty chunk as a new object version and records the versions
-    /// (and, with `drop_from`, drops chunks past it) in the chunk map, in one
-    /// metadata transaction. Does not commit the journal.
-    async fn flush_chunks(&mut self, drop_from: Option<u64>) -> FsResult<()> {
-        if self.state.dirty.is_empty() && drop_from.is_none() {
-            return Ok(());
-        }
-        let dirty = std::mem::take(&mut self.state.dirty);
-        let uploads = dirty.into_iter().map(|(index, buf)| {
-            let objects = self.objects.clone();
-            let version = new_version();
-            let path = chunk_path(&self.volume, self.ino, index, &version);
-            let bytes = Bytes::from(buf);
-            async move {
-                let result = objects.put(&path, bytes.clone()).await;
-                (index, version, bytes, result)
-            }
-        });
-        let results: Vec<_> = futures::stream::iter(uploads)
-            .buffer_unordered(UPLOAD_PARALLELISM)
-            .collect()
-            .await;
-        let mut first_error = None;
-        let mut versions = Vec::with_capacity(results.len());
-        let mut uploaded = Vec::with_capacity(results.len());
-        for (index, version, bytes, result) in results {
-            match result {
-                Ok(_) => {
-                    versions.push((index, version));
-                    uploaded.push((index, bytes));
-                }
-                Err(err) => {
-                    self.state.dirty.insert(index, bytes.to_vec());
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        let drop_from = if first_error.is_none() {
-            drop_from
-        } else {
-            None
-        };
-        if let Err(err) = self
-            .meta
-            .set_chunks(&self.volume, self.ino, &versions, drop_from)
-            .await
-        {
-            for (index, bytes) in uploaded {
-                self.state.dirty.insert(index, bytes.to_vec());
-            }
-            return Err(err);
-        }
-        for (index, bytes) in uploaded {
-            self.cache.insert(&self.volume, self.ino, index, bytes);
-        }
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
     }
 
     /// Changes the file size from `old` to `new`: drops chunks past the end and cuts
@@ -380,6 +389,9 @@ impl InodeData {
             return Ok(());
         }
         let keep = new.div_ceil(CHUNK_SIZE); // chunks 0..keep survive
+                                             // Uploads past the end are recorded and then dropped with the rest below.
+        self.reap(Reap::All).await?;
+        self.state.prefetch.clear();
         self.state.dirty.retain(|&index, _| index < keep);
         let cut = (new % CHUNK_SIZE) as usize;
         if cut > 0 {
@@ -394,21 +406,44 @@ impl InodeData {
         }
         self.cache
             .remove_from(&self.volume, self.ino, keep.saturating_sub(1));
-        self.flush_chunks(Some(keep)).await
+        let indices: Vec<u64> = self.state.dirty.keys().copied().collect();
+        for index in indices {
+            self.start_upload(index).await?;
+        }
+        self.reap(Reap::All).await?;
+        if self.state.failed.is_some() {
+            // The error itself stays for the next fsync, which must report it.
+            return Err(FsError::Store(object_store::Error::Generic {
+                store: "fsd write-behind",
+                source: "uploading a chunk of this file failed; its data is kept for a retry"
+                    .into(),
+            }));
+        }
+        self.meta
+            .set_chunks(&self.volume, self.ino, &[], Some(keep))
+            .await
     }
 
     /// Drops the in-memory data of an inode whose last link went away. Its objects
     /// are deleted once the journal no longer references them (the metadata store
     /// moved its chunk map entries to the garbage list with the inode).
     pub async fn delete_all(&mut self) -> FsResult<()> {
-        self.state.dirty.clear();
+        // Uploads that finish are recorded as garbage (the inode is gone).
+        if let Err(err) = self.reap(Reap::All).await {
+            tracing::warn!(ino = self.ino, error = %err, "recording uploads of a deleted file failed");
+        }
+        self.state.discard();
         self.cache.remove_from(&self.volume, self.ino, 0);
         Ok(())
     }
 
-    /// A clean chunk from the cache or the store; empty if it was never stored.
-    async fn load(&self, index: u64) -> FsResult<Bytes> {
+    /// A clean chunk from the cache, a prefetch or the store; empty if it was never
+    /// stored.
+    async fn load(&mut self, index: u64) -> FsResult<Bytes> {
         if let Some(bytes) = self.cache.get(&self.volume, self.ino, index) {
+            return Ok(bytes);
+        }
+        if let Some(bytes) = self.take_prefetched(index).await {
             return Ok(bytes);
         }
         let Some(version) = self
@@ -447,3 +482,5 @@ impl Drop for InodeData {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_io;

@@ -20,6 +20,9 @@ use crate::meta::MetaStore;
 use crate::metrics::{self, Metrics};
 use crate::service::VolumeService;
 
+/// HTTP/2 flow-control window of one gRPC stream: two whole 1 MiB writes and more.
+const IO_WINDOW: u32 = 4 << 20;
+
 /// Where the server listens and keeps its state.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -133,7 +136,11 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     let incoming = tokio_stream_listener(grpc_listener);
+    // HTTP/2's default 64 KiB windows make a 1 MiB write wait for a window update
+    // every 64 KiB; let a few whole writes be in flight instead.
     let grpc = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(IO_WINDOW))
+        .initial_connection_window_size(Some(4 * IO_WINDOW))
         .add_service(VolumesServer::new(service).max_decoding_message_size(32 << 20))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
         .await;

@@ -64,6 +64,13 @@ impl ChunkCache {
         self.inner().touch(&(volume.to_string(), ino, index))
     }
 
+    /// Whether a chunk is cached (without counting as a use).
+    pub fn contains(&self, volume: &str, ino: u64, index: u64) -> bool {
+        self.inner()
+            .entries
+            .contains_key(&(volume.to_string(), ino, index))
+    }
+
     pub fn insert(&self, volume: &str, ino: u64, index: u64, bytes: Bytes) {
         if bytes.len() > self.capacity {
             return;

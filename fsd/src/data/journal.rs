@@ -4,12 +4,16 @@
 //! [`Journal::commit`] is what makes an fsync durable: it captures every pending
 //! metadata change of the volume (including the chunk map entries of data just
 //! uploaded), writes them as segment `seq + 1` with create-only semantics, and records
-//! the segment locally. Concurrent commits of one volume queue on a mutex and the later
-//! ones usually find nothing left to write (group commit). After a segment is durable,
+//! the segment locally. Concurrent commits of one volume share segments (group
+//! commit): while one segment is being written, the commits that arrive queue, the
+//! first of them to run captures the changes of all of them in the next segment, and
+//! the others return as soon as it is durable, without a capture or a PUT of their
+//! own (see [`VolumeLog`]). After a segment is durable,
 //! the chunk objects it stopped referencing are deleted, and every
 //! [`SNAPSHOT_EVERY`] segments a snapshot replaces the segments before it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -47,7 +51,23 @@ struct Snapshot {
 pub struct Journal {
     objects: Objects,
     meta: Arc<MetaStore>,
-    locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    logs: Mutex<HashMap<String, Arc<VolumeLog>>>,
+}
+
+/// Group commit of one volume's journal.
+///
+/// Commits are numbered as they take their capture. A caller's changes are in the
+/// store before it calls [`Journal::commit`], so any capture numbered after the number
+/// it saw on arrival includes them: once such a commit is durable, the caller is done.
+#[derive(Debug, Default)]
+struct VolumeLog {
+    /// Held while a segment is captured and written (and while replaying).
+    lock: AsyncMutex<()>,
+    /// Captures taken so far.
+    captures: AtomicU64,
+    /// The highest capture number whose segment (or finding nothing to write) is
+    /// durable.
+    durable: AtomicU64,
 }
 
 /// What [`Journal::sync_from_store`] did to the local copy.
@@ -64,12 +84,12 @@ impl Journal {
         Self {
             objects,
             meta,
-            locks: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock_of(&self, volume: &str) -> Arc<AsyncMutex<()>> {
-        self.locks
+    fn log_of(&self, volume: &str) -> Arc<VolumeLog> {
+        self.logs
             .lock()
             .expect("journal lock table poisoned")
             .entry(volume.to_string())
@@ -77,11 +97,25 @@ impl Journal {
             .clone()
     }
 
-    /// Writes every pending metadata change of `volume` to the object store.
+    /// Writes every pending metadata change of `volume` to the object store; returns
+    /// once a segment holding every change made before the call is durable (its own,
+    /// or one a concurrent commit wrote for it).
     #[tracing::instrument(skip_all, fields(volume))]
     pub async fn commit(&self, volume: &str) -> FsResult<()> {
-        let lock = self.lock_of(volume);
-        let _guard = lock.lock().await;
+        let log = self.log_of(volume);
+        let arrived = log.captures.load(Ordering::SeqCst);
+        let _guard = log.lock.lock().await;
+        if log.durable.load(Ordering::SeqCst) > arrived {
+            return Ok(()); // a commit that captured after we arrived covered us
+        }
+        let number = log.captures.fetch_add(1, Ordering::SeqCst) + 1;
+        self.commit_locked(volume).await?;
+        log.durable.fetch_max(number, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// One capture and segment; the caller holds the volume's journal lock.
+    async fn commit_locked(&self, volume: &str) -> FsResult<()> {
         let capture = self.meta.capture(volume).await?;
         if capture.changes.is_empty() && capture.garbage.is_empty() {
             return Ok(());
@@ -143,7 +177,8 @@ impl Journal {
     }
 
     /// Writes a snapshot covering segments `..= seq` (the caller holds the volume's
-    /// journal lock), then deletes the segments and snapshots it replaces.
+    /// journal lock), then deletes the segments and snapshots it replaces in the
+    /// background.
     async fn snapshot(&self, volume: &str, seq: u64) -> FsResult<()> {
         let tables = self.meta.dump(volume).await?;
         let snapshot = Snapshot {
@@ -157,17 +192,17 @@ impl Journal {
             .put(&snapshot_path(volume, seq), Bytes::from(body))
             .await?;
         self.meta.note_snapshot(volume, seq).await?;
-        for old in self.objects.list_seqs(&journal_prefix(volume)).await? {
-            if old <= seq {
-                self.objects.delete(&journal_path(volume, old)).await?;
-            }
-        }
-        for old in self.objects.list_seqs(&snapshot_prefix(volume)).await? {
-            if old < seq {
-                self.objects.delete(&snapshot_path(volume, old)).await?;
-            }
-        }
         tracing::info!(seq, "volume snapshot written");
+        // What the snapshot replaces goes in the background: dozens of DELETEs that
+        // no fsync needs to wait for (a rebuild reads the newest snapshot and only
+        // the segments after it; a deletion cut short is redone by the next one).
+        let objects = self.objects.clone();
+        let volume = volume.to_string();
+        tokio::spawn(async move {
+            if let Err(err) = delete_replaced(&objects, &volume, seq).await {
+                tracing::warn!(volume, seq, error = %err, "deleting segments a snapshot replaced failed; the next snapshot retries");
+            }
+        });
         Ok(())
     }
 
@@ -176,8 +211,8 @@ impl Journal {
     /// segment are kept if nobody wrote the volume since, else dropped.
     #[tracing::instrument(skip_all, fields(volume))]
     pub async fn sync_from_store(&self, volume: &str) -> FsResult<Synced> {
-        let lock = self.lock_of(volume);
-        let _guard = lock.lock().await;
+        let log = self.log_of(volume);
+        let _guard = log.lock.lock().await;
         let local = self.meta.layout_state(volume).await?;
         let snapshots = self.objects.list_seqs(&snapshot_prefix(volume)).await?;
         let segments = self.objects.list_seqs(&journal_prefix(volume)).await?;
@@ -272,4 +307,19 @@ impl Journal {
         );
         Ok(Synced::Rebuilt)
     }
+}
+
+/// Deletes the segments and older snapshots that snapshot `seq` of `volume` replaces.
+async fn delete_replaced(objects: &Objects, volume: &str, seq: u64) -> FsResult<()> {
+    for old in objects.list_seqs(&journal_prefix(volume)).await? {
+        if old <= seq {
+            objects.delete(&journal_path(volume, old)).await?;
+        }
+    }
+    for old in objects.list_seqs(&snapshot_prefix(volume)).await? {
+        if old < seq {
+            objects.delete(&snapshot_path(volume, old)).await?;
+        }
+    }
+    Ok(())
 }

@@ -302,16 +302,24 @@ async fn snapshots_replace_old_segments_and_rebuild() {
         f.file(&format!("f{i}")).await;
         f.chunks.sync_volume("v").await.unwrap();
     }
-    let snaps = f
-        .objects
-        .list_seqs(&objects::snapshot_prefix("v"))
-        .await
-        .unwrap();
-    let segs = f
-        .objects
-        .list_seqs(&objects::journal_prefix("v"))
-        .await
-        .unwrap();
+    // What a snapshot replaces is deleted in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (snaps, segs) = loop {
+        let snaps = f
+            .objects
+            .list_seqs(&objects::snapshot_prefix("v"))
+            .await
+            .unwrap();
+        let segs = f
+            .objects
+            .list_seqs(&objects::journal_prefix("v"))
+            .await
+            .unwrap();
+        if (snaps.len() == 1 && segs.len() <= 3) || std::time::Instant::now() > deadline {
+            break (snaps, segs);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(snaps.len(), 1, "one snapshot kept: {snaps:?}");
     assert!(
         segs.iter().all(|s| *s > snaps[0]) && segs.len() <= 3,
