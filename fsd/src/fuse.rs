@@ -160,6 +160,12 @@ impl VolumeFs {
         if let Some(attr) = self.attrs.get(ino) {
             return Ok(attr);
         }
+        self.fetch_attr(ino).await.map_err(errno)
+    }
+
+    /// Attributes of `ino` from the server (remembered in the [`AttrCache`]); a
+    /// failure is the server's errno.
+    async fn fetch_attr(&self, ino: u64) -> Result<Attr, i32> {
         let req = self.inode_req(ino);
         let reply = self
             .client
@@ -168,8 +174,7 @@ impl VolumeFs {
                 req,
                 |mut c, r| async move { c.get_attr(r).await },
             )
-            .await
-            .map_err(errno)?;
+            .await?;
         self.attrs.put(&reply.value);
         Ok(reply.value)
     }

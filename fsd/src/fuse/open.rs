@@ -60,25 +60,18 @@ impl VolumeFs {
             }
         }
         let attr = match fresh {
-            Some(attr) => attr,
-            None => {
-                let req = self.inode_req(ino);
-                match self
-                    .client
-                    .unary(
-                        "getattr",
-                        req,
-                        |mut c, r| async move { c.get_attr(r).await },
-                    )
-                    .await
-                {
-                    Ok(reply) => reply.value,
-                    Err(e) if e == libc::ENOENT => return Err(stale()),
-                    Err(e) => return Err(errno(e)),
-                }
+            Some(attr) => {
+                self.attrs.put(&attr);
+                attr
             }
+            None => self.fetch_attr(ino).await.map_err(|e| {
+                if e == libc::ENOENT {
+                    stale()
+                } else {
+                    errno(e)
+                }
+            })?,
         };
-        self.attrs.put(&attr);
         Ok((attr, false, contents))
     }
 
