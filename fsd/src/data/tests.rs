@@ -38,19 +38,23 @@ fn ensure(path: std::path::PathBuf) -> std::path::PathBuf {
     path
 }
 
+/// Creates file `name` (0644, root) in volume `v`'s root directory; its inode.
+pub(super) async fn create_file(meta: &MetaStore, name: &str) -> u64 {
+    let new = NewInode {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let (attr, _) = meta
+        .create_file("v", crate::meta::ROOT_INO, name.as_bytes(), new, true)
+        .await
+        .expect("creating file");
+    attr.ino
+}
+
 impl Fixture {
     async fn file(&self, name: &str) -> u64 {
-        let new = NewInode {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        };
-        let (attr, _) = self
-            .meta
-            .create_file("v", crate::meta::ROOT_INO, name.as_bytes(), new, true)
-            .await
-            .expect("creating file");
-        attr.ino
+        create_file(&self.meta, name).await
     }
 
     /// Object names under the chunk folder of an inode.

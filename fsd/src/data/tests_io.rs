@@ -11,7 +11,6 @@ use object_store::{
 };
 
 use super::*;
-use crate::meta::NewInode;
 use objects::StoreConfig;
 
 /// A real store that can be told to fail chunk uploads, and counts GETs of chunks and
@@ -151,17 +150,7 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     async fn file(&self, name: &str) -> u64 {
-        let new = NewInode {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        };
-        let (attr, _) = self
-            .meta
-            .create_file("v", crate::meta::ROOT_INO, name.as_bytes(), new, true)
-            .await
-            .expect("creating file");
-        attr.ino
+        super::tests::create_file(&self.meta, name).await
     }
 
     /// Writes `data` from offset 0 in 1 MiB writes, as the FUSE client does, keeping
