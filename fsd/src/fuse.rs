@@ -47,6 +47,8 @@ const LISTING_SLICE: usize = 1024;
 const READ_SMALL: u32 = 128 << 10;
 /// `FOPEN_KEEP_CACHE` (linux/fuse.h): keep the file's cached pages across this open.
 const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// `FOPEN_NOFLUSH` (linux/fuse.h, kernel 5.16+): no FLUSH at close of this open file.
+const FOPEN_NOFLUSH: u32 = 1 << 5;
 
 /// What an open handle remembers.
 #[derive(Debug)]
@@ -489,22 +491,44 @@ impl Filesystem for VolumeFs {
         // gives them now, are those of the previous open here: a reader sees what
         // other mounts wrote and closed.
         let keep = !truncate && self.attrs.unchanged_since_last_open(&attr);
-        let fh = self.add_handle(Handle::File(FileHandle {
-            ino: inode,
-            contents: contents.filter(|_| !keep && !truncate),
-            ..FileHandle::default()
-        }));
+        let contents = contents.filter(|_| !keep && !truncate);
+        let mut open_flags = if keep { FOPEN_KEEP_CACHE } else { 0 };
         if !keep {
-            // The kernel may hold attributes of the old version for up to the attr
-            // TTL (a read would stop at the old size): make it ask again. Safe inside
-            // open (not a lookup/setattr/read/write of this inode).
             if let Some(notify) = self.notify.get() {
-                notify.clone().invalid_inode(inode, -1, 0).await;
+                match &contents {
+                    // The whole file came with the lookup: drop the kernel's old
+                    // attributes and pages, store these contents as its pages and let
+                    // it keep them, so reads need no FUSE round trip.
+                    Some(all) if attr.size == all.len() as u64 => {
+                        notify.clone().invalid_inode(inode, 0, 0).await;
+                        if !all.is_empty() {
+                            notify.clone().store(inode, 0, all.clone()).await;
+                        }
+                        open_flags = FOPEN_KEEP_CACHE;
+                    }
+                    // The kernel may hold attributes of the old version for up to the
+                    // attr TTL (a read would stop at the old size): make it ask again.
+                    // Its pages go because the open does not keep them. Safe inside
+                    // open (not a lookup/setattr/read/write of this inode).
+                    _ => notify.clone().invalid_inode(inode, -1, 0).await,
+                }
             }
         }
+        // A read-only open with no lock taken on the file through this mount has
+        // nothing to do at close: the kernel skips FLUSH (one round trip per close).
+        // A POSIX lock taken later through this open file is still dropped at its
+        // last close (RELEASE); see docs/home-semantics.md for the one difference.
+        if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 && !self.locked().holds(inode) {
+            open_flags |= FOPEN_NOFLUSH;
+        }
+        let fh = self.add_handle(Handle::File(FileHandle {
+            ino: inode,
+            contents,
+            ..FileHandle::default()
+        }));
         Ok(ReplyOpen {
             fh,
-            flags: if keep { FOPEN_KEEP_CACHE } else { 0 },
+            flags: open_flags,
         })
     }
 

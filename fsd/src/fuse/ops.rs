@@ -36,6 +36,12 @@ impl Locked {
         self.owners.entry((ino, owner)).or_default().insert(fh);
     }
 
+    /// Whether any owner holds (or held, until its close) a lock on `ino` through
+    /// this mount.
+    pub(super) fn holds(&self, ino: u64) -> bool {
+        self.owners.keys().any(|(i, _)| *i == ino)
+    }
+
     /// Forgets `owner`'s locks on `ino`; whether there were any.
     fn remove(&mut self, ino: u64, owner: u64) -> bool {
         self.owners.remove(&(ino, owner)).is_some()

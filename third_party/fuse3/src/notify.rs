@@ -107,8 +107,10 @@ impl Notify {
                 offset,
                 data,
             } => {
+                // Berth patch: upstream left the data out of the message (and of
+                // its length), so the kernel stored nothing.
                 let out_header = fuse_out_header {
-                    len: (FUSE_OUT_HEADER_SIZE + FUSE_NOTIFY_STORE_OUT_SIZE) as u32,
+                    len: (FUSE_OUT_HEADER_SIZE + FUSE_NOTIFY_STORE_OUT_SIZE + data.len()) as u32,
                     error: fuse_notify_code::FUSE_NOTIFY_STORE as i32,
                     unique: 0,
                 };
@@ -120,7 +122,9 @@ impl Notify {
                     _padding: 0,
                 };
 
-                self.sender.send2(&out_header, store_out.as_bytes()).await;
+                self.sender
+                    .send3(&out_header, store_out.as_bytes(), data)
+                    .await;
             }
 
             NotifyKind::Retrieve {
