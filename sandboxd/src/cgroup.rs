@@ -309,7 +309,8 @@ pub enum IoWeightSupport {
     /// which overflows for any weight above 16: a panic in a debug build (every
     /// sandbox create failed), a wrong weight in a release build.
     IoWeight,
-    /// v2 with neither BFQ nor iocost, or without the io controller: no io weight.
+    /// v2 with neither BFQ nor iocost, or without the io controller, or v1 without a
+    /// weight file (no BFQ or CFQ scheduler): no io weight.
     Unsupported,
 }
 
@@ -331,7 +332,20 @@ pub fn io_weight_support() -> IoWeightSupport {
                 IoWeightSupport::Unsupported
             }
         }
-        _ => IoWeightSupport::Blkio,
+        Ok(Mounts::V1 { all, .. }) => {
+            // v1 offers a weight file only with BFQ (`blkio.bfq.weight`) or the old
+            // CFQ scheduler (`blkio.weight`); under mq-deadline or none it has
+            // neither, and libcgroups fails the create writing one.
+            let weighted = all.iter().any(|m| {
+                m.join("blkio.bfq.weight").exists() || m.join("blkio.weight").exists()
+            });
+            if weighted {
+                IoWeightSupport::Blkio
+            } else {
+                IoWeightSupport::Unsupported
+            }
+        }
+        Err(_) => IoWeightSupport::Blkio,
     })
 }
 

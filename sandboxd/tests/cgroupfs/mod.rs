@@ -154,8 +154,10 @@ pub fn pids_max(site: &str, id: &str) -> Option<u64> {
 /// The io weight in the BFQ scale (10-1000) when the BFQ weight file exists (v1
 /// `blkio.bfq.weight`, v2 `io.bfq.weight`, which read "default N"), else the
 /// generic file's value as the kernel shows it (v1 `blkio.weight`; v2 `io.weight`,
-/// on the 1-10000 scale). Returns (file, value).
-pub fn io_weight(site: &str, id: &str) -> (&'static str, u64) {
+/// on the 1-10000 scale). Returns (file, value), or `None` when the cgroup has
+/// neither file (a v1 host whose kernel has no BFQ or CFQ scheduler: no io weight
+/// exists to set).
+pub fn io_weight(site: &str, id: &str) -> Option<(&'static str, u64)> {
     let (controller, bfq, generic) = if unified() {
         ("io", "io.bfq.weight", "io.weight")
     } else {
@@ -163,8 +165,10 @@ pub fn io_weight(site: &str, id: &str) -> (&'static str, u64) {
     };
     let file = if dir(controller, site, id).join(bfq).exists() {
         bfq
-    } else {
+    } else if dir(controller, site, id).join(generic).exists() {
         generic
+    } else {
+        return None;
     };
     let s = read(controller, site, id, file);
     // "default 300" (+ per-device lines) or a bare "300".
@@ -175,7 +179,7 @@ pub fn io_weight(site: &str, id: &str) -> (&'static str, u64) {
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("{file} holds {s:?}: {e}"));
-    (file, value)
+    Some((file, value))
 }
 
 /// How many processes the kernel OOM-killed in the cgroup.
