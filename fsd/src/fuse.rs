@@ -493,26 +493,23 @@ impl Filesystem for VolumeFs {
         let keep = !truncate && self.attrs.unchanged_since_last_open(&attr);
         let contents = contents.filter(|_| !keep && !truncate);
         let mut open_flags = if keep { FOPEN_KEEP_CACHE } else { 0 };
-        if !keep {
-            if let Some(notify) = self.notify.get() {
-                match &contents {
-                    // The whole file came with the lookup: drop the kernel's old
-                    // attributes and pages, store these contents as its pages and let
-                    // it keep them, so reads need no FUSE round trip.
-                    Some(all) if attr.size == all.len() as u64 => {
-                        notify.clone().invalid_inode(inode, 0, 0).await;
-                        if !all.is_empty() {
-                            notify.clone().store(inode, 0, all.clone()).await;
-                        }
-                        open_flags = FOPEN_KEEP_CACHE;
-                    }
-                    // The kernel may hold attributes of the old version for up to the
-                    // attr TTL (a read would stop at the old size): make it ask again.
-                    // Its pages go because the open does not keep them. Safe inside
-                    // open (not a lookup/setattr/read/write of this inode).
-                    _ => notify.clone().invalid_inode(inode, -1, 0).await,
+        match (keep, self.notify.get(), &contents) {
+            (true, _, _) | (false, None, _) => {}
+            // The whole file came with the lookup: drop the kernel's old attributes
+            // and pages, store these contents as its pages and let it keep them, so
+            // reads need no FUSE round trip.
+            (false, Some(notify), Some(all)) if attr.size == all.len() as u64 => {
+                notify.clone().invalid_inode(inode, 0, 0).await;
+                if !all.is_empty() {
+                    notify.clone().store(inode, 0, all.clone()).await;
                 }
+                open_flags = FOPEN_KEEP_CACHE;
             }
+            // The kernel may hold attributes of the old version for up to the attr
+            // TTL (a read would stop at the old size): make it ask again. Its pages
+            // go because the open does not keep them. Safe inside open (not a
+            // lookup/setattr/read/write of this inode).
+            (false, Some(notify), _) => notify.clone().invalid_inode(inode, -1, 0).await,
         }
         // A read-only open with no lock taken on the file through this mount has
         // nothing to do at close: the kernel skips FLUSH (one round trip per close).

@@ -336,9 +336,9 @@ pub fn io_weight_support() -> IoWeightSupport {
             // v1 offers a weight file only with BFQ (`blkio.bfq.weight`) or the old
             // CFQ scheduler (`blkio.weight`); under mq-deadline or none it has
             // neither, and libcgroups fails the create writing one.
-            let weighted = all.iter().any(|m| {
-                m.join("blkio.bfq.weight").exists() || m.join("blkio.weight").exists()
-            });
+            let weighted = all
+                .iter()
+                .any(|m| m.join("blkio.bfq.weight").exists() || m.join("blkio.weight").exists());
             if weighted {
                 IoWeightSupport::Blkio
             } else {

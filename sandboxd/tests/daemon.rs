@@ -842,7 +842,7 @@ while :; do sleep 1; done
             format!("{io_file} {io_weight}")
         }
         // Only where the kernel offers no weight file at all (v1 without BFQ or
-        // CFQ, as this CI kernel): sandboxd must then not ask for one, or every
+        // CFQ, as this machine's 6.18 kernel): sandboxd must then not ask for one, or every
         // create would fail. The cgroup v2 guest checks io.weight for real.
         None => {
             assert!(

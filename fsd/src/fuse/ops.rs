@@ -9,7 +9,7 @@
 //! `release` (last close of an open file: its `flock` and OFD locks) release them with
 //! one call each, only when needed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
@@ -28,7 +28,8 @@ use super::{attr_of, errno, Listed, VolumeFs};
 /// were taken through.
 #[derive(Debug, Default)]
 pub(super) struct Locked {
-    owners: HashMap<(u64, u64), HashSet<u64>>,
+    /// Ordered by inode first, so an open can ask about one inode without a scan.
+    owners: BTreeMap<(u64, u64), HashSet<u64>>,
 }
 
 impl Locked {
@@ -39,7 +40,10 @@ impl Locked {
     /// Whether any owner holds (or held, until its close) a lock on `ino` through
     /// this mount.
     pub(super) fn holds(&self, ino: u64) -> bool {
-        self.owners.keys().any(|(i, _)| *i == ino)
+        self.owners
+            .range((ino, 0)..=(ino, u64::MAX))
+            .next()
+            .is_some()
     }
 
     /// Forgets `owner`'s locks on `ino`; whether there were any.
