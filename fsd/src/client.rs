@@ -16,11 +16,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_api::volume::volumes_client::VolumesClient;
+use berth_api::volume::{WatchEvent, WatchRequest};
 use berth_api::ERRNO_METADATA_KEY;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Response, Status};
+use tonic::{Code, Response, Status, Streaming};
 
-use crate::service::BOOT_METADATA_KEY;
+use crate::service::{BOOT_METADATA_KEY, MOUNT_METADATA_KEY};
+
+/// Puts the mount's id on every request, so the server knows whose promises a
+/// change need not break and whom a lookup's promises are for.
+#[derive(Debug, Clone)]
+pub struct MountHeader(MetadataValue<Ascii>);
+
+impl Interceptor for MountHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(MOUNT_METADATA_KEY, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The generated client, with the mount header.
+pub type Rpc = VolumesClient<InterceptedService<Channel, MountHeader>>;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +65,22 @@ pub struct Reply<T> {
 /// gRPC client of the file servers of one volume.
 #[derive(Debug, Clone)]
 pub struct FsClient {
-    servers: Arc<Vec<VolumesClient<Channel>>>,
+    servers: Arc<Vec<Rpc>>,
     /// Index of the server calls go to.
     current: Arc<AtomicUsize>,
     retry_window: Duration,
+    /// The id of the mount this client serves (a fresh UUID per client).
+    mount_id: Arc<str>,
 }
 
 impl FsClient {
     /// A client of `server` (e.g. `http://127.0.0.1:7702`), or of several servers
     /// separated by commas, tried in turn. Connects on first use.
     pub fn new(server: &str, retry_window: Duration) -> Result<Self, ClientError> {
+        let mount_id = uuid::Uuid::new_v4().to_string();
+        let header = MountHeader(
+            MetadataValue::try_from(mount_id.as_str()).expect("a UUID is a valid header value"),
+        );
         let mut servers = Vec::new();
         for addr in server.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let endpoint = Endpoint::from_shared(addr.to_string())
@@ -70,7 +97,7 @@ impl FsClient {
                 .http2_keep_alive_interval(Duration::from_secs(2))
                 .keep_alive_timeout(Duration::from_secs(3));
             servers.push(
-                VolumesClient::new(endpoint.connect_lazy())
+                VolumesClient::with_interceptor(endpoint.connect_lazy(), header.clone())
                     .max_decoding_message_size(32 << 20)
                     .max_encoding_message_size(32 << 20),
             );
@@ -82,7 +109,31 @@ impl FsClient {
             servers: Arc::new(servers),
             current: Arc::new(AtomicUsize::new(0)),
             retry_window,
+            mount_id: mount_id.into(),
         })
+    }
+
+    /// The mount id sent with every request.
+    pub fn mount_id(&self) -> &str {
+        &self.mount_id
+    }
+
+    /// Opens a watch stream on the current server (moving on to the next one if it
+    /// is unreachable or does not serve the volume). One attempt: the caller retries.
+    pub async fn open_watch(
+        &self,
+        outbound: impl tokio_stream::Stream<Item = WatchRequest> + Send + 'static,
+    ) -> Result<Streaming<WatchEvent>, i32> {
+        let index = self.current.load(Ordering::SeqCst) % self.servers.len();
+        match self.servers[index].clone().watch(outbound).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                if retryable(&status) {
+                    self.fail_over(index);
+                }
+                Err(errno_of(&status))
+            }
+        }
     }
 
     /// Moves calls on from server `from` to the next one (unless another call did).
@@ -103,7 +154,7 @@ impl FsClient {
     pub async fn unary<Q, T, F, Fut>(&self, op: &'static str, req: Q, f: F) -> Result<Reply<T>, i32>
     where
         Q: Clone,
-        F: Fn(VolumesClient<Channel>, Q) -> Fut,
+        F: Fn(Rpc, Q) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(op, |c| f(c, req.clone())).await
@@ -112,7 +163,7 @@ impl FsClient {
     /// Runs one call, retrying while the server is unreachable. Errors are errnos.
     pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<Reply<T>, i32>
     where
-        F: Fn(VolumesClient<Channel>) -> Fut,
+        F: Fn(Rpc) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.retry_window;

@@ -56,6 +56,16 @@ const CACHE_BYTES: usize = 256 << 20;
 
 type InodeKey = (String, u64);
 
+/// What [`ChunkStore::open_volume`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The volume was open and its lease held already.
+    Already,
+    /// Opened now (first use, restart, lease taken back or over); `existed`: the
+    /// volume was not created by this call.
+    Now { existed: bool },
+}
+
 /// The chunk store of all volumes.
 pub struct ChunkStore {
     objects: Objects,
@@ -159,10 +169,10 @@ impl ChunkStore {
     /// Makes `volume` ready to serve: holds its lease (or answers `Unavailable`),
     /// brings the local metadata up to date with the object store when the lease was
     /// just taken, and creates the volume on first use. Cheap when already open.
-    pub async fn open_volume(&self, volume: &str) -> FsResult<()> {
+    pub async fn open_volume(&self, volume: &str) -> FsResult<Opened> {
         let held = self.leases.as_ref().is_none_or(|l| l.is_held(volume));
         if held && self.is_open(volume) {
-            return Ok(());
+            return Ok(Opened::Already);
         }
         let _guard = self.open_lock.lock().await;
         if let Some(leases) = &self.leases {
@@ -173,17 +183,23 @@ impl ChunkStore {
                     .remove(volume);
             }
         }
-        if !self.is_open(volume) {
-            if self.journal.sync_from_store(volume).await? == Synced::Rebuilt {
-                self.forget_volume(volume).await;
-            }
-            self.meta.ensure_volume(volume).await?;
-            self.opened
-                .lock()
-                .expect("open set poisoned")
-                .insert(volume.to_string());
+        if self.is_open(volume) {
+            return Ok(Opened::Already);
         }
-        Ok(())
+        if self.journal.sync_from_store(volume).await? == Synced::Rebuilt {
+            self.forget_volume(volume).await;
+        }
+        let created = self.meta.ensure_volume(volume).await?;
+        self.opened
+            .lock()
+            .expect("open set poisoned")
+            .insert(volume.to_string());
+        Ok(Opened::Now { existed: !created })
+    }
+
+    /// Whether this server may serve `volume` now (holds its lease, when leased).
+    pub fn serves(&self, volume: &str) -> bool {
+        self.leases.as_ref().is_none_or(|l| l.is_held(volume)) && self.is_open(volume)
     }
 
     fn is_open(&self, volume: &str) -> bool {

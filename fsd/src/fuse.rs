@@ -16,6 +16,7 @@
 mod attr;
 mod open;
 mod ops;
+pub mod promised;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -96,6 +97,8 @@ pub struct VolumeFs {
     /// (inode, lock owner) pairs that took a lock through this mount, and the open
     /// files they took them through.
     locked: Mutex<ops::Locked>,
+    /// What the server promised to call back about (kept current by [`promised::watch`]).
+    promised: Arc<promised::Promised>,
 }
 
 fn errno(e: i32) -> Errno {
@@ -109,17 +112,23 @@ fn attr_of(attr: Option<Attr>) -> FuseResult<Attr> {
 impl VolumeFs {
     pub fn new(client: FsClient, volume: String, ttls: Ttls) -> Self {
         Self {
-            client,
             volume,
             ttls,
             attrs: AttrCache::new(ttls.attr),
             names: Names::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            mount_id: uuid::Uuid::new_v4().to_string(),
+            mount_id: client.mount_id().to_string(),
+            client,
             notify: std::sync::OnceLock::new(),
             locked: Mutex::new(ops::Locked::default()),
+            promised: Arc::new(promised::Promised::default()),
         }
+    }
+
+    /// The mount's promise state, for the task that runs its watch stream.
+    pub fn promised(&self) -> Arc<promised::Promised> {
+        self.promised.clone()
     }
 
     /// This mount's id in the server's lock table (renew it with `KeepAlive`).
@@ -195,8 +204,9 @@ impl VolumeFs {
                 req,
                 |mut c, r| async move { c.set_attr(r).await },
             )
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised.forget(&[ino]);
+        let reply = reply.map_err(errno)?;
         self.drop_contents(ino);
         self.attrs.put(&reply.value);
         Ok(reply.value)
@@ -340,8 +350,9 @@ impl Filesystem for VolumeFs {
                 req,
                 |mut c, r| async move { c.set_attr(r).await },
             )
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised.forget(&[inode]);
+        let reply = reply.map_err(errno)?;
         self.attrs.put(&reply.value);
         if set_attr.size.is_some() {
             self.drop_contents(inode);
@@ -390,8 +401,9 @@ impl Filesystem for VolumeFs {
                 let request = request.clone();
                 async move { c.mkdir(request).await }
             })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised.forget(&[parent]);
+        let reply = reply.map_err(errno)?;
         let attr = attr_of(reply.value.attr)?;
         self.attrs.forget(parent);
         self.attrs.put(&attr);
@@ -404,10 +416,14 @@ impl Filesystem for VolumeFs {
             parent,
             name: name.as_bytes().to_vec(),
         };
-        self.client
+        let known = self.names.ino_of(parent, name.as_bytes());
+        let result = self
+            .client
             .unary("unlink", req, |mut c, r| async move { c.unlink(r).await })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised
+            .forget_name(parent, name.as_bytes(), known, true);
+        result.map_err(errno)?;
         self.attrs.clear();
         self.names.removed(parent, name.as_bytes());
         Ok(())
@@ -419,10 +435,14 @@ impl Filesystem for VolumeFs {
             parent,
             name: name.as_bytes().to_vec(),
         };
-        self.client
+        let known = self.names.ino_of(parent, name.as_bytes());
+        let result = self
+            .client
             .unary("rmdir", req, |mut c, r| async move { c.rmdir(r).await })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised
+            .forget_name(parent, name.as_bytes(), known, true);
+        result.map_err(errno)?;
         self.attrs.clear();
         self.names.removed(parent, name.as_bytes());
         Ok(())
@@ -457,10 +477,17 @@ impl Filesystem for VolumeFs {
             new_name: new_name.as_bytes().to_vec(),
             flags,
         };
-        self.client
+        let moved = self.names.ino_of(parent, name.as_bytes());
+        let replaced = self.names.ino_of(new_parent, new_name.as_bytes());
+        let result = self
+            .client
             .unary("rename", req, |mut c, r| async move { c.rename(r).await })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised
+            .forget_name(parent, name.as_bytes(), moved, true);
+        self.promised
+            .forget_name(new_parent, new_name.as_bytes(), replaced, false);
+        result.map_err(errno)?;
         self.attrs.clear();
         self.names.renamed(
             parent,
@@ -585,8 +612,9 @@ impl Filesystem for VolumeFs {
         let reply = self
             .client
             .unary("write", req, |mut c, r| async move { c.write(r).await })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised.forget(&[inode]);
+        let reply = reply.map_err(errno)?;
         self.attrs.forget(inode);
         self.drop_contents(inode);
         if let Some(Handle::File(h)) = self.handles().get_mut(&fh) {
@@ -765,7 +793,9 @@ impl Filesystem for VolumeFs {
         name: &OsStr,
         link: &OsStr,
     ) -> FuseResult<ReplyEntry> {
-        let attr = self.do_symlink(&req, parent, name, link).await?;
+        let attr = self.do_symlink(&req, parent, name, link).await;
+        self.promised.forget(&[parent]);
+        let attr = attr?;
         self.attrs.clear();
         self.names.remember(attr.ino, parent, name.as_bytes());
         Ok(self.entry(&attr))
@@ -784,7 +814,9 @@ impl Filesystem for VolumeFs {
         new_parent: Inode,
         new_name: &OsStr,
     ) -> FuseResult<ReplyEntry> {
-        let attr = self.do_link(inode, new_parent, new_name).await?;
+        let attr = self.do_link(inode, new_parent, new_name).await;
+        self.promised.forget(&[inode, new_parent]);
+        let attr = attr?;
         self.attrs.clear();
         self.names
             .remember(attr.ino, new_parent, new_name.as_bytes());
@@ -801,6 +833,7 @@ impl Filesystem for VolumeFs {
         _position: u32,
     ) -> FuseResult<()> {
         let result = self.do_setxattr(inode, name, value, flags).await;
+        self.promised.forget(&[inode]);
         self.attrs.forget(inode);
         result
     }
@@ -821,6 +854,7 @@ impl Filesystem for VolumeFs {
 
     async fn removexattr(&self, _req: Request, inode: Inode, name: &OsStr) -> FuseResult<()> {
         let result = self.do_removexattr(inode, name).await;
+        self.promised.forget(&[inode]);
         self.attrs.forget(inode);
         result
     }
@@ -910,8 +944,9 @@ impl VolumeFs {
                 let request = request.clone();
                 async move { c.create(request).await }
             })
-            .await
-            .map_err(errno)?;
+            .await;
+        self.promised.forget(&[parent]);
+        let reply = reply.map_err(errno)?;
         let attr = attr_of(reply.value.attr)?;
         self.attrs.forget(parent);
         self.attrs.put(&attr);

@@ -150,15 +150,15 @@ impl MetaStore {
     }
 
     /// Creates the volume (and its root directory, mode 0755 owned by root) unless it
-    /// exists. Cheap after the first call for a volume.
-    pub async fn ensure_volume(&self, volume: &str) -> FsResult<()> {
+    /// exists; true when this call created it. Cheap after the first call for a volume.
+    pub async fn ensure_volume(&self, volume: &str) -> FsResult<bool> {
         if self
             .known_volumes
             .lock()
             .expect("volume set lock poisoned")
             .contains(volume)
         {
-            return Ok(());
+            return Ok(false);
         }
         let now = now_ns();
         let mut tx = self.writer.begin().await?;
@@ -192,7 +192,7 @@ impl MetaStore {
             .lock()
             .expect("volume set lock poisoned")
             .insert(volume.to_string());
-        Ok(())
+        Ok(inserted == 1)
     }
 
     /// Attributes of an inode.

@@ -103,7 +103,12 @@ pub async fn mount(
         .allow_other(true)
         .default_permissions(true);
     let fs = VolumeFs::new(client.clone(), config.volume.clone(), config.ttls);
-    let keep_alive = tokio::spawn(renew_lease(client, fs.mount_id().to_string()));
+    let keep_alive = tokio::spawn(renew_lease(client.clone(), fs.mount_id().to_string()));
+    let watch = tokio::spawn(crate::fuse::promised::watch(
+        client,
+        config.volume.clone(),
+        fs.promised(),
+    ));
     let mut handle = Session::new(options)
         .mount(fs, &config.mountpoint)
         .await
@@ -121,6 +126,7 @@ pub async fn mount(
     ready();
 
     let _stop_keep_alive = AbortOnDrop(keep_alive);
+    let _stop_watch = AbortOnDrop(watch);
     tokio::select! {
         result = &mut handle => {
             tracing::info!(mountpoint = %config.mountpoint.display(), "volume was unmounted");

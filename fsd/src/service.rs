@@ -11,7 +11,9 @@
 
 pub mod locks;
 mod ops;
+pub mod promises;
 pub mod quota;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,23 +25,31 @@ use berth_api::volume::{
     LinkRequest, LockRequest, LockResponse, LookupRequest, MkdirRequest, NameRequest,
     ReadDirPageRequest, ReadDirResponse, ReadLinkResponse, ReadRequest, ReadResponse,
     RenameRequest, SetAttrRequest, SetXattrRequest, StatFsResponse, SymlinkRequest, VolumeRequest,
-    WriteRequest, WriteResponse, XattrNames, XattrRequest, XattrValue,
+    WatchEvent, WatchRequest, WriteRequest, WriteResponse, XattrNames, XattrRequest, XattrValue,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::data::ChunkStore;
+use crate::data::{ChunkStore, Opened};
 use crate::error::{FsError, FsResult};
 use crate::meta::rename::Place;
 use crate::meta::{AttrChanges, MetaStore, NewInode};
 use crate::metrics::Metrics;
 use crate::names::{validate_name, validate_volume};
 use locks::LockTable;
+use promises::Promises;
 use quota::{Quota, QuotaLimits};
 
 /// Response metadata key holding the server's boot id.
 pub const BOOT_METADATA_KEY: &str = "x-berth-fsd-boot";
+/// Request metadata key holding the id of the mount a request comes from.
+pub const MOUNT_METADATA_KEY: &str = "x-berth-mount";
+/// Most entries of a directory an open's lookup lists along (`siblings_budget`).
+const MAX_SIBLINGS: u32 = 4096;
+/// Largest `siblings_budget` honoured, in bytes of file contents.
+const MAX_SIBLINGS_BUDGET: u32 = 8 << 20;
 
 /// Largest single read or write accepted (the FUSE client sends at most 1 MiB).
 const MAX_IO: u32 = 16 << 20;
@@ -61,6 +71,17 @@ pub struct VolumeService {
     boot_id: String,
     locks: Arc<LockTable>,
     quota: Arc<Quota>,
+    promises: Arc<Promises>,
+}
+
+/// The mount a request says it comes from (`x-berth-mount`), if any.
+fn mount_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(MOUNT_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|m| !m.is_empty() && m.len() <= 128)
+        .map(str::to_string)
 }
 
 impl VolumeService {
@@ -72,7 +93,13 @@ impl VolumeService {
             boot_id: uuid::Uuid::new_v4().to_string(),
             locks: Arc::new(LockTable::default()),
             quota: Arc::new(Quota::new(QuotaLimits::from_env())),
+            promises: Arc::new(Promises::default()),
         }
+    }
+
+    /// The callback promise table (for `/metrics` and tests).
+    pub fn promises(&self) -> &Arc<Promises> {
+        &self.promises
     }
 
     /// The same service with byte and inode limits on every volume (by default they
@@ -99,7 +126,9 @@ impl VolumeService {
         let started = Instant::now();
         let result = async {
             validate_volume(volume)?;
-            self.data.open_volume(volume).await?;
+            if let Opened::Now { existed } = self.data.open_volume(volume).await? {
+                self.promises.reset_volume(volume, existed);
+            }
             body.await
         }
         .instrument(span)
@@ -151,7 +180,7 @@ impl VolumeService {
         if !wanted(&attr) {
             return Ok(Entry {
                 attr: Some(attr),
-                data: None,
+                ..Entry::default()
             });
         }
         // Under the inode's lock (writers hold it too) attributes and bytes are of
@@ -161,7 +190,7 @@ impl VolumeService {
         if !wanted(&attr) {
             return Ok(Entry {
                 attr: Some(attr),
-                data: None,
+                ..Entry::default()
             });
         }
         let data = inode.read(attr.size, 0, attr.size as u32).await?;
@@ -169,7 +198,30 @@ impl VolumeService {
         Ok(Entry {
             attr: Some(attr),
             data: Some(data),
+            ..Entry::default()
         })
+    }
+
+    /// Runs change `body`, then breaks the promises other mounts hold on `inos`
+    /// (whether or not the change went through: a failed one may have done part of
+    /// its work) before the change is answered.
+    async fn changing<T>(
+        &self,
+        volume: &str,
+        mount: Option<String>,
+        inos: impl AsRef<[u64]>,
+        body: impl Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        let result = body.await;
+        self.promises
+            .revoke(volume, inos.as_ref(), mount.as_deref())
+            .await;
+        result
+    }
+
+    /// The inode `name` in `parent` leads to now, if any (for breaking its promises).
+    async fn ino_at(&self, volume: &str, parent: u64, name: &[u8]) -> Option<u64> {
+        self.meta.lookup(volume, parent, name).await.ok().map(|a| a.ino)
     }
 
     /// Attributes of a regular file, or EISDIR.
@@ -194,13 +246,10 @@ fn check_io_size(len: u64) -> FsResult<()> {
 #[tonic::async_trait]
 impl Volumes for VolumeService {
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<Entry>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("lookup", &r.volume, async {
-            validate_name(&r.name)?;
-            let attr = self.meta.lookup(&r.volume, r.parent, &r.name).await?;
-            self.with_small_contents(&r, attr).await
-        })
-        .await
+        self.run("lookup", &r.volume, self.lookup_op(&r, mount.as_deref()))
+            .await
     }
 
     async fn get_attr(&self, request: Request<InodeRequest>) -> Result<Response<Attr>, Status> {
@@ -210,6 +259,7 @@ impl Volumes for VolumeService {
     }
 
     async fn set_attr(&self, request: Request<SetAttrRequest>) -> Result<Response<Attr>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
         let changes = AttrChanges {
             mode: r.mode,
@@ -219,7 +269,7 @@ impl Volumes for VolumeService {
             atime_ns: r.atime_ns,
             mtime_ns: r.mtime_ns,
         };
-        self.run("setattr", &r.volume, async {
+        let body = async {
             if changes.size.is_none() {
                 return Ok(self.meta.set_attr(&r.volume, r.ino, &changes).await?.0);
             }
@@ -238,8 +288,9 @@ impl Volumes for VolumeService {
             }
             inode.truncate(old_size, attr.size).await?;
             Ok(attr)
-        })
-        .await
+        };
+        self.run("setattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
+            .await
     }
 
     async fn read_dir(
@@ -264,8 +315,9 @@ impl Volumes for VolumeService {
     }
 
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<Entry>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("create", &r.volume, async {
+        let body = async {
             validate_name(&r.name)?;
             let new = NewInode {
                 mode: r.mode,
@@ -285,15 +337,17 @@ impl Volumes for VolumeService {
                 .await?;
             Ok(Entry {
                 attr: Some(attr),
-                data: None,
+                ..Entry::default()
             })
-        })
-        .await
+        };
+        self.run("create", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
+            .await
     }
 
     async fn mkdir(&self, request: Request<MkdirRequest>) -> Result<Response<Entry>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("mkdir", &r.volume, async {
+        let body = async {
             validate_name(&r.name)?;
             let new = NewInode {
                 mode: r.mode,
@@ -304,10 +358,11 @@ impl Volumes for VolumeService {
             let attr = self.meta.mkdir(&r.volume, r.parent, &r.name, new).await?;
             Ok(Entry {
                 attr: Some(attr),
-                data: None,
+                ..Entry::default()
             })
-        })
-        .await
+        };
+        self.run("mkdir", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
+            .await
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
@@ -327,8 +382,9 @@ impl Volumes for VolumeService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("write", &r.volume, async {
+        let body = async {
             let len = r.data.len() as u64;
             check_io_size(len)?;
             let mut inode = self.data.lock(&r.volume, r.ino).await;
@@ -354,15 +410,21 @@ impl Volumes for VolumeService {
                 written: len as u32,
                 attr: Some(attr),
             })
-        })
-        .await
+        };
+        self.run("write", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
+            .await
     }
 
     async fn rename(&self, request: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
         self.run("rename", &r.volume, async {
             validate_name(&r.name)?;
             validate_name(&r.new_name)?;
+            let moved = self.ino_at(&r.volume, r.parent, &r.name).await;
+            let replaced = self.ino_at(&r.volume, r.new_parent, &r.new_name).await;
+            let inos = [Some(r.parent), Some(r.new_parent), moved, replaced];
+            let inos: Vec<u64> = inos.into_iter().flatten().collect();
             let from = Place {
                 parent: r.parent,
                 name: &r.name,
@@ -371,31 +433,46 @@ impl Volumes for VolumeService {
                 parent: r.new_parent,
                 name: &r.new_name,
             };
-            let gone = self.meta.rename(&r.volume, from, to, r.flags).await?;
-            self.drop_data(&r.volume, gone).await?;
-            Ok(Empty {})
+            let body = async {
+                let gone = self.meta.rename(&r.volume, from, to, r.flags).await?;
+                self.drop_data(&r.volume, gone).await?;
+                Ok(Empty {})
+            };
+            self.changing(&r.volume, mount, inos, body).await
         })
         .await
     }
 
     async fn unlink(&self, request: Request<NameRequest>) -> Result<Response<Empty>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
         self.run("unlink", &r.volume, async {
             validate_name(&r.name)?;
-            let gone = self.meta.unlink(&r.volume, r.parent, &r.name).await?;
-            self.drop_data(&r.volume, gone).await?;
-            Ok(Empty {})
+            let target = self.ino_at(&r.volume, r.parent, &r.name).await;
+            let inos: Vec<u64> = [Some(r.parent), target].into_iter().flatten().collect();
+            let body = async {
+                let gone = self.meta.unlink(&r.volume, r.parent, &r.name).await?;
+                self.drop_data(&r.volume, gone).await?;
+                Ok(Empty {})
+            };
+            self.changing(&r.volume, mount, inos, body).await
         })
         .await
     }
 
     async fn rmdir(&self, request: Request<NameRequest>) -> Result<Response<Empty>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
         self.run("rmdir", &r.volume, async {
             validate_name(&r.name)?;
-            self.meta.rmdir(&r.volume, r.parent, &r.name).await?;
-            self.quota.invalidate(&r.volume);
-            Ok(Empty {})
+            let target = self.ino_at(&r.volume, r.parent, &r.name).await;
+            let inos: Vec<u64> = [Some(r.parent), target].into_iter().flatten().collect();
+            let body = async {
+                self.meta.rmdir(&r.volume, r.parent, &r.name).await?;
+                self.quota.invalidate(&r.volume);
+                Ok(Empty {})
+            };
+            self.changing(&r.volume, mount, inos, body).await
         })
         .await
     }
@@ -437,8 +514,11 @@ impl Volumes for VolumeService {
     }
 
     async fn symlink(&self, request: Request<SymlinkRequest>) -> Result<Response<Entry>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("symlink", &r.volume, self.symlink_op(&r)).await
+        let body = self.symlink_op(&r);
+        self.run("symlink", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
+            .await
     }
 
     async fn read_link(
@@ -451,19 +531,23 @@ impl Volumes for VolumeService {
     }
 
     async fn link(&self, request: Request<LinkRequest>) -> Result<Response<Entry>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("link", &r.volume, self.link_op(&r)).await
+        let body = self.link_op(&r);
+        let inos = [r.ino, r.new_parent];
+        self.run("link", &r.volume, self.changing(&r.volume, mount, inos, body))
+            .await
     }
 
     async fn set_xattr(
         &self,
         request: Request<SetXattrRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("setxattr", &r.volume, async {
-            self.set_xattr_op(&r).await.map(|()| Empty {})
-        })
-        .await
+        let body = async { self.set_xattr_op(&r).await.map(|()| Empty {}) };
+        self.run("setxattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
+            .await
     }
 
     async fn get_xattr(
@@ -487,11 +571,11 @@ impl Volumes for VolumeService {
         &self,
         request: Request<XattrRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("removexattr", &r.volume, async {
-            self.remove_xattr_op(&r).await.map(|()| Empty {})
-        })
-        .await
+        let body = async { self.remove_xattr_op(&r).await.map(|()| Empty {}) };
+        self.run("removexattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
+            .await
     }
 
     async fn read_dir_page(
@@ -543,5 +627,15 @@ impl Volumes for VolumeService {
         }
         self.keep_alive_op(&r.mount_id);
         Ok(Response::new(Empty {}))
+    }
+
+    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let rx = self.watch_op(request.into_inner()).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -363,7 +363,7 @@ async fn lease_keeps_a_second_server_out_until_it_expires() {
     let started = std::time::Instant::now();
     loop {
         match b.open_volume("w").await {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(FsError::Unavailable(_)) if started.elapsed() < ttl * 5 => {
                 tokio::time::sleep(ttl / 10).await
             }

@@ -215,6 +215,11 @@ impl Names {
         maps.by_name.insert(key, ino);
     }
 
+    /// The inode `name` in `parent` is known to lead to.
+    pub fn ino_of(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.inner().by_name.get(&(parent, name.to_vec())).copied()
+    }
+
     /// Every known (parent, name) of `ino`.
     pub fn of(&self, ino: u64) -> Vec<Name> {
         self.inner().by_ino.get(&ino).cloned().unwrap_or_default()

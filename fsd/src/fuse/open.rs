@@ -2,12 +2,20 @@
 //! still lead to it (close-to-open for names: a stale one answers ESTALE and the kernel
 //! looks the path up again), the file's current version, and for a small file in a
 //! version this mount holds no pages of, its contents. See docs/home-semantics.md.
+//!
+//! When the server promised to call back about the file and those names (see
+//! [`super::promised`]), the open asks nothing: the promise says they are current.
+//! The first open that has to ask in a directory also brings the directory's other
+//! small files, promised, so the opens that follow there need no round trip.
 
 use berth_api::volume::{Attr, LookupRequest};
 use bytes::Bytes;
 use fuse3::Result as FuseResult;
 
 use super::{attr_of, errno, Handle, VolumeFs, READ_SMALL};
+
+/// Bytes of sibling files an open's lookup may bring along.
+const SIBLINGS_BUDGET: u32 = 4 << 20;
 
 impl VolumeFs {
     /// The attributes of file `ino` fresh from the server, for an open: asks the
@@ -25,10 +33,17 @@ impl VolumeFs {
                 return Ok((attr, true, None));
             }
         }
+        let names = self.names.of(ino);
+        if let Some((attr, contents)) = self.promised.for_open(ino, &names) {
+            self.attrs.put(&attr);
+            return Ok((attr, false, contents));
+        }
         let held = self.attrs.last_open(ino).unwrap_or_default();
         let mut fresh = None;
         let mut contents = None;
-        for (parent, name) in self.names.of(ino) {
+        for (i, (parent, name)) in names.into_iter().enumerate() {
+            let ticket = self.promised.ticket();
+            let list = i == 0 && ticket.is_some() && self.promised.wants_listing(parent);
             let req = LookupRequest {
                 volume: self.volume.clone(),
                 parent,
@@ -37,6 +52,8 @@ impl VolumeFs {
                 cached_mtime_ns: held.0,
                 cached_ctime_ns: held.1,
                 cached_size: held.2,
+                promise: ticket.is_some(),
+                siblings_budget: if list { SIBLINGS_BUDGET } else { 0 },
             };
             match self
                 .client
@@ -48,6 +65,9 @@ impl VolumeFs {
                     if attr.ino != ino {
                         self.names.found_stale(parent, &name);
                         return Err(stale());
+                    }
+                    if let Some(ticket) = ticket {
+                        self.promised.accept(ticket, parent, &name, &reply.value);
                     }
                     fresh = Some(attr);
                     contents = reply.value.data.map(Bytes::from);

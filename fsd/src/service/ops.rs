@@ -63,7 +63,7 @@ impl VolumeService {
             .await?;
         Ok(Entry {
             attr: Some(attr),
-            data: None,
+            ..Entry::default()
         })
     }
 
@@ -80,7 +80,7 @@ impl VolumeService {
             .await?;
         Ok(Entry {
             attr: Some(attr),
-            data: None,
+            ..Entry::default()
         })
     }
 
