@@ -157,10 +157,16 @@ impl VolumeFs {
         }
     }
 
+    /// `attr` for a reply to the kernel, remembering which version it was told.
+    fn kernel_attr(&self, attr: &Attr) -> FileAttr {
+        self.attrs.told_kernel(attr);
+        file_attr(attr)
+    }
+
     fn entry(&self, attr: &Attr) -> ReplyEntry {
         ReplyEntry {
             ttl: self.ttls.entry(attr),
-            attr: file_attr(attr),
+            attr: self.kernel_attr(attr),
             generation: 0,
         }
     }
@@ -322,7 +328,7 @@ impl Filesystem for VolumeFs {
         let attr = self.get_attr(inode).await?;
         Ok(ReplyAttr {
             ttl: self.ttls.attr,
-            attr: file_attr(&attr),
+            attr: self.kernel_attr(&attr),
         })
     }
 
@@ -359,7 +365,7 @@ impl Filesystem for VolumeFs {
         }
         Ok(ReplyAttr {
             ttl: self.ttls.attr,
-            attr: file_attr(&reply.value),
+            attr: self.kernel_attr(&reply.value),
         })
     }
 
@@ -517,6 +523,7 @@ impl Filesystem for VolumeFs {
         // Cached pages are kept only if the file's mtime, ctime and size, as the server
         // gives them now, are those of the previous open here: a reader sees what
         // other mounts wrote and closed.
+        let fresh_in_kernel = self.attrs.kernel_holds_only(&attr);
         let keep = !truncate && self.attrs.unchanged_since_last_open(&attr);
         let contents = contents.filter(|_| !keep && !truncate);
         let mut open_flags = if keep { FOPEN_KEEP_CACHE } else { 0 };
@@ -526,7 +533,9 @@ impl Filesystem for VolumeFs {
             // and pages, store these contents as its pages and let it keep them, so
             // reads need no FUSE round trip.
             (false, Some(notify), Some(all)) if attr.size == all.len() as u64 => {
-                notify.clone().invalid_inode(inode, 0, 0).await;
+                if !fresh_in_kernel {
+                    notify.clone().invalid_inode(inode, 0, 0).await;
+                }
                 if !all.is_empty() {
                     notify.clone().store(inode, 0, all.clone()).await;
                 }
@@ -744,7 +753,7 @@ impl Filesystem for VolumeFs {
                     kind: file_type(e.attr.kind),
                     name: OsString::from_vec(e.name),
                     offset: (offset + i as u64 + 1) as i64,
-                    attr: file_attr(&e.attr),
+                    attr: self.kernel_attr(&e.attr),
                     entry_ttl: self.ttls.entry(&e.attr),
                     attr_ttl: self.ttls.attr,
                 })
@@ -912,7 +921,7 @@ impl Filesystem for VolumeFs {
         }));
         Ok(ReplyCreated {
             ttl: self.ttls.entry(&attr),
-            attr: file_attr(&attr),
+            attr: self.kernel_attr(&attr),
             generation: 0,
             fh,
             flags: 0,

@@ -106,15 +106,29 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // The FUSE client runs on one thread: a kernel request is read, answered and
+    // replied to without waking another thread (each wake-up costs tens of µs on a
+    // VM, several per request on a multi-threaded runtime). The server uses all cores.
+    let runtime = match command {
+        Command::Mount { .. } => tokio::runtime::Builder::new_current_thread(),
+        Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .context("starting the tokio runtime")?;
+    runtime.block_on(run(command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             listen,
             store_dir,

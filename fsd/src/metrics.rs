@@ -44,6 +44,9 @@ pub struct Metrics {
     latency: Family<OpKind, Histogram, fn() -> Histogram>,
     bytes_read: Counter,
     bytes_written: Counter,
+    /// Promise breaks sent to mounts, and those a silent mount had to be waited out for.
+    pub promise_breaks: Counter,
+    pub promise_timeouts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -74,12 +77,26 @@ impl Metrics {
         );
         registry.register("read_bytes", "File bytes read", bytes_read.clone());
         registry.register("written_bytes", "File bytes written", bytes_written.clone());
+        let promise_breaks = Counter::default();
+        let promise_timeouts = Counter::default();
+        registry.register(
+            "promise_breaks",
+            "Callback promises broken (one per mount and change)",
+            promise_breaks.clone(),
+        );
+        registry.register(
+            "promise_break_timeouts",
+            "Breaks a mount did not acknowledge: the change waited out the promise lifetime",
+            promise_timeouts.clone(),
+        );
         Self {
             registry,
             ops,
             latency,
             bytes_read,
             bytes_written,
+            promise_breaks,
+            promise_timeouts,
         }
     }
 

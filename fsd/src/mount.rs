@@ -104,10 +104,11 @@ pub async fn mount(
         .default_permissions(true);
     let fs = VolumeFs::new(client.clone(), config.volume.clone(), config.ttls);
     let keep_alive = tokio::spawn(renew_lease(client.clone(), fs.mount_id().to_string()));
+    let promised = fs.promised();
     let watch = tokio::spawn(crate::fuse::promised::watch(
         client,
         config.volume.clone(),
-        fs.promised(),
+        promised.clone(),
     ));
     let mut handle = Session::new(options)
         .mount(fs, &config.mountpoint)
@@ -126,8 +127,8 @@ pub async fn mount(
     ready();
 
     let _stop_keep_alive = AbortOnDrop(keep_alive);
-    let _stop_watch = AbortOnDrop(watch);
-    tokio::select! {
+    let mut watch = AbortOnDrop(watch);
+    let result = tokio::select! {
         result = &mut handle => {
             tracing::info!(mountpoint = %config.mountpoint.display(), "volume was unmounted");
             result.map_err(|source| MountError::Session { path: config.mountpoint.clone(), source })
@@ -140,7 +141,12 @@ pub async fn mount(
             }
             Ok(())
         }
-    }
+    };
+    // Say goodbye on the watch stream, so the server drops this mount's promises now
+    // rather than making other mounts' changes wait out their lifetime.
+    promised.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut watch.0).await;
+    result
 }
 
 /// Readahead of a mount, in KiB: four 1 MiB read requests ahead of the reader.

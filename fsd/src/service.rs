@@ -86,14 +86,18 @@ fn mount_of<T>(request: &Request<T>) -> Option<String> {
 
 impl VolumeService {
     pub fn new(meta: Arc<MetaStore>, data: Arc<ChunkStore>, metrics: Arc<Metrics>) -> Self {
+        let promises = Arc::new(Promises::new(
+            metrics.promise_breaks.clone(),
+            metrics.promise_timeouts.clone(),
+        ));
         Self {
+            promises,
             meta,
             data,
             metrics,
             boot_id: uuid::Uuid::new_v4().to_string(),
             locks: Arc::new(LockTable::default()),
             quota: Arc::new(Quota::new(QuotaLimits::from_env())),
-            promises: Arc::new(Promises::default()),
         }
     }
 

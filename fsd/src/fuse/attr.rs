@@ -63,6 +63,11 @@ pub struct AttrCache {
     /// ctime is in it because mtime alone can be set back (tar, `cp -p`, `rsync -t`)
     /// after a same-size write; ctime is the server's clock at every change.
     opened: Mutex<HashMap<u64, (i64, i64, u64)>>,
+    /// `opened` was emptied once (it outgrew its bound): any inode may have pages.
+    opened_lost: std::sync::atomic::AtomicBool,
+    /// (mtime, ctime, size) of the attributes last handed to the kernel per inode.
+    told: Mutex<HashMap<u64, (i64, i64, u64)>>,
+    told_lost: std::sync::atomic::AtomicBool,
 }
 
 /// Entries kept at most; the cache is emptied when it grows past this.
@@ -74,7 +79,37 @@ impl AttrCache {
             ttl,
             inner: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
+            opened_lost: std::sync::atomic::AtomicBool::new(false),
+            told: Mutex::new(HashMap::new()),
+            told_lost: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records that the kernel was just handed `attr` (every reply with attributes
+    /// goes through here).
+    pub fn told_kernel(&self, attr: &Attr) {
+        let mut told = self.told.lock().expect("told versions lock poisoned");
+        if told.len() >= ATTR_CACHE_MAX {
+            told.clear();
+            self.told_lost
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        told.insert(attr.ino, (attr.mtime_ns, attr.ctime_ns, attr.size));
+    }
+
+    /// Whether the kernel can hold nothing of `attr.ino` but `attr` itself: it has
+    /// no pages of it (never opened through this mount) and its attributes are this
+    /// version. Then an open storing the contents need not invalidate anything
+    /// (which would cost the `getattr` round trip that follows).
+    pub fn kernel_holds_only(&self, attr: &Attr) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.opened_lost.load(Relaxed) || self.told_lost.load(Relaxed) {
+            return false;
+        }
+        let opened = self.opened.lock().expect("open versions lock poisoned");
+        let told = self.told.lock().expect("told versions lock poisoned");
+        !opened.contains_key(&attr.ino)
+            && told.get(&attr.ino) == Some(&(attr.mtime_ns, attr.ctime_ns, attr.size))
     }
 
     /// Records an open of `attr` (as the server just reported it) and says whether
@@ -84,6 +119,8 @@ impl AttrCache {
         let mut opened = self.opened.lock().expect("open versions lock poisoned");
         if opened.len() >= ATTR_CACHE_MAX {
             opened.clear();
+            self.opened_lost
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let now = (attr.mtime_ns, attr.ctime_ns, attr.size);
         opened.insert(attr.ino, now) == Some(now)

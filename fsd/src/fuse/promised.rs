@@ -110,6 +110,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Promised {
     inner: Mutex<State>,
+    /// Set when the mount goes away: the watch stream says goodbye and ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Promised {
@@ -242,6 +244,13 @@ impl Promised {
         st.floor = st.seq;
     }
 
+    /// The mount is going away: trust nothing from now on and tell the server, so
+    /// that its changes need not wait out this mount's promises.
+    pub fn close(&self) {
+        self.disconnected();
+        self.closing.send_replace(true);
+    }
+
     fn welcome(&self) {
         self.state().live = true;
     }
@@ -284,7 +293,8 @@ impl Promised {
 /// and renewing trust with heartbeats.
 pub async fn watch(client: FsClient, volume: String, promised: Arc<Promised>) {
     let mut backoff = Duration::from_millis(100);
-    loop {
+    let mut closing = promised.closing.subscribe();
+    while !*closing.borrow_and_update() {
         let (tx, rx) = mpsc::channel(256);
         let hello = WatchRequest {
             msg: Some(watch_request::Msg::Hello(WatchHello {
@@ -296,13 +306,16 @@ pub async fn watch(client: FsClient, volume: String, promised: Arc<Promised>) {
         match client.open_watch(ReceiverStream::new(rx)).await {
             Ok(inbound) => {
                 backoff = Duration::from_millis(100);
-                follow(inbound, tx, &promised).await;
+                follow(inbound, tx, &promised, &mut closing).await;
                 tracing::debug!(volume, "watch stream ended; promises dropped");
             }
             Err(errno) => tracing::debug!(volume, errno, "watch stream not opened; will retry"),
         }
         promised.disconnected();
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = closing.changed() => {}
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
@@ -311,11 +324,19 @@ async fn follow(
     mut inbound: tonic::Streaming<berth_api::volume::WatchEvent>,
     tx: mpsc::Sender<WatchRequest>,
     promised: &Promised,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     let mut n = 0;
     loop {
         tokio::select! {
+            _ = closing.changed() => {
+                let bye = WatchRequest { msg: Some(watch_request::Msg::Bye(true)) };
+                let _ = tx.send(bye).await;
+                // Let the server read it before the stream is dropped.
+                let _ = tokio::time::timeout(Duration::from_secs(1), inbound.message()).await;
+                return;
+            }
             msg = inbound.message() => {
                 let Ok(Some(event)) = msg else { return };
                 match event.msg {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_api::volume::{watch_event, PromiseBreak, WatchEvent};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a mount may rely on its promises after the last heartbeat the server
@@ -65,11 +66,20 @@ struct Inner {
 pub struct Promises {
     inner: Mutex<Inner>,
     /// Breaks sent, and breaks that waited out a silent holder (for `/metrics`).
-    pub breaks: std::sync::atomic::AtomicU64,
-    pub timeouts: std::sync::atomic::AtomicU64,
+    breaks: Counter,
+    timeouts: Counter,
 }
 
 impl Promises {
+    /// A table counting its breaks in `breaks` and `timeouts`.
+    pub fn new(breaks: Counter, timeouts: Counter) -> Self {
+        Self {
+            inner: Mutex::default(),
+            breaks,
+            timeouts,
+        }
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("promise table poisoned")
     }
@@ -153,8 +163,9 @@ impl Promises {
         });
     }
 
-    /// Drops `mount`'s stream `stream` and every promise it holds.
-    fn forget_stream(&self, mount: &str, stream: u64) {
+    /// Drops `mount`'s stream `stream` and every promise it holds (also when the
+    /// mount said it trusts none of them any more).
+    pub fn forget_stream(&self, mount: &str, stream: u64) {
         let mut inner = self.inner();
         if inner.mounts.get(mount).is_some_and(|c| c.stream == stream) {
             if let Some(conn) = inner.mounts.remove(mount) {
@@ -230,11 +241,9 @@ impl Promises {
             grace
         };
         for (mount, stream, deadline, wait) in waits {
-            self.breaks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.breaks.inc();
             if tokio::time::timeout_at(deadline.into(), wait).await.is_err() {
-                self.timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.timeouts.inc();
                 tracing::warn!(
                     volume,
                     mount,

@@ -157,6 +157,12 @@ impl VolumeService {
                     Ok(Some(WatchRequest {
                         msg: Some(watch_request::Msg::Ack(id)),
                     })) => promises.acked(&mount, stream, id),
+                    Ok(Some(WatchRequest {
+                        msg: Some(watch_request::Msg::Bye(_)),
+                    })) => {
+                        promises.forget_stream(&mount, stream);
+                        break;
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }

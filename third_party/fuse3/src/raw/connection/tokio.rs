@@ -11,13 +11,10 @@ use std::io;
 use std::io::Write;
 use std::io::{IoSlice, IoSliceMut};
 use std::ops::{Deref, DerefMut};
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, BorrowedFd};
-#[cfg(target_os = "freebsd")]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use std::os::unix::fs::OpenOptionsExt;
 #[cfg(any(
     all(target_os = "linux", feature = "unprivileged"),
@@ -44,20 +41,11 @@ use nix::fcntl::{FcntlArg, OFlag};
     target_os = "macos",
 ))]
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use nix::sys::uio;
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use tokio::io::Interest;
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 use tokio::io::unix::AsyncFd;
 #[cfg(any(
     all(target_os = "linux", feature = "unprivileged"),
@@ -102,13 +90,16 @@ impl FuseConnection {
             })
         }
 
+        // Berth patch: /dev/fuse opened non-blocking and read through tokio's
+        // reactor, like the freebsd and unprivileged paths, instead of one
+        // `spawn_blocking` (two thread hand-offs) per request.
         #[cfg(target_os = "linux")]
         {
-            let connection = BlockFuseConnection::new()?;
+            let connection = NonBlockFuseConnection::new()?;
 
             Ok(Self {
                 unmount_notify,
-                mode: ConnectionMode::Block(connection),
+                mode: ConnectionMode::NonBlock(connection),
             })
         }
     }
@@ -167,10 +158,7 @@ impl FuseConnection {
             ConnectionMode::Block(connection) => {
                 connection.read_vectored(header_buf, data_buf).await
             }
-            #[cfg(any(
-                all(target_os = "linux", feature = "unprivileged"),
-                target_os = "freebsd",
-            ))]
+            #[cfg(any(target_os = "linux", target_os = "freebsd"))]
             ConnectionMode::NonBlock(connection) => {
                 connection.read_vectored(header_buf, data_buf).await
             }
@@ -187,10 +175,7 @@ impl FuseConnection {
             ConnectionMode::Block(connection) => {
                 connection.write_vectored(data, body_extend_data).await
             }
-            #[cfg(any(
-                all(target_os = "linux", feature = "unprivileged"),
-                target_os = "freebsd",
-            ))]
+            #[cfg(any(target_os = "linux", target_os = "freebsd"))]
             ConnectionMode::NonBlock(connection) => {
                 connection.write_vectored(data, body_extend_data).await
             }
@@ -200,12 +185,11 @@ impl FuseConnection {
 
 #[derive(Debug)]
 enum ConnectionMode {
+    // Berth patch: no longer built on Linux (see `FuseConnection::new`).
+    #[allow(dead_code)]
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     Block(BlockFuseConnection),
-    #[cfg(any(
-        all(target_os = "linux", feature = "unprivileged"),
-        target_os = "freebsd",
-    ))]
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     NonBlock(NonBlockFuseConnection),
 }
 
@@ -219,6 +203,7 @@ struct BlockFuseConnection {
 
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 impl BlockFuseConnection {
+    #[allow(dead_code)]
     #[cfg(target_os = "linux")]
     pub fn new() -> io::Result<Self> {
         const DEV_FUSE: &str = "/dev/fuse";
@@ -396,25 +381,23 @@ impl BlockFuseConnection {
     }
 }
 
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 #[derive(Debug)]
 struct NonBlockFuseConnection {
-    fd: AsyncFd<OwnedFd>,
+    // Berth patch: the fd, and an `AsyncFd` of a duplicate of it registered with the
+    // reactor at the first read. /dev/fuse's poll reports only EPOLLERR (without
+    // joining the wait queue) on an fd not yet mounted, so an fd registered before
+    // the mount (as the Linux privileged path opens it) is never woken again.
+    fd: OwnedFd,
+    reader: std::sync::OnceLock<AsyncFd<OwnedFd>>,
     read: Mutex<()>,
     write: Mutex<()>,
 }
 
-#[cfg(any(
-    all(target_os = "linux", feature = "unprivileged"),
-    target_os = "freebsd",
-))]
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
 impl NonBlockFuseConnection {
-    #[cfg(target_os = "freebsd")]
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     fn new() -> io::Result<Self> {
-        #[cfg(target_os = "freebsd")]
         const DEV_FUSE: &str = "/dev/fuse";
 
         match OpenOptions::new()
@@ -425,13 +408,14 @@ impl NonBlockFuseConnection {
         {
             Err(e) => {
                 if e.kind() == io::ErrorKind::NotFound {
-                    warn!("Cannot open {}.  Is the module loaded?", DEV_FUSE);
+                    tracing::warn!("Cannot open {}.  Is the module loaded?", DEV_FUSE);
                 }
-                warn!("Cannot open {}.  err: {:?}", DEV_FUSE, e);
+                tracing::warn!("Cannot open {}.  err: {:?}", DEV_FUSE, e);
                 Err(e)
             }
             Ok(file) => Ok(Self {
-                fd: AsyncFd::new(file.into())?,
+                fd: file.into(),
+                reader: std::sync::OnceLock::new(),
                 read: Mutex::new(()),
                 write: Mutex::new(()),
             }),
@@ -516,11 +500,8 @@ impl NonBlockFuseConnection {
 
         Self::set_fd_non_blocking(fd.as_fd())?;
 
-        // Berth patch: silence newer tokio's deprecation of AsyncFd::new (the fd is
-        // owned here, so the I/O-safety concern behind it does not apply).
-        #[allow(deprecated)]
-        let fd = AsyncFd::new(fd)?;
         Ok(Self {
+            reader: std::sync::OnceLock::new(),
             fd,
             read: Mutex::new(()),
             write: Mutex::new(()),
@@ -548,9 +529,24 @@ impl NonBlockFuseConnection {
         mut data_buf: T,
     ) -> CompleteIoResult<(Vec<u8>, T), usize> {
         let _guard = self.read.lock().await;
+        let reader = match self.reader.get() {
+            Some(reader) => reader,
+            None => {
+                let registered = self.fd.try_clone().and_then(|dup| {
+                    // The duplicate is owned here, so the I/O-safety concern behind
+                    // newer tokio's deprecation of `AsyncFd::new` does not apply.
+                    #[allow(deprecated)]
+                    AsyncFd::new(dup)
+                });
+                match registered {
+                    Ok(reader) => self.reader.get_or_init(|| reader),
+                    Err(err) => return ((header_buf, data_buf), Err(err)),
+                }
+            }
+        };
 
         loop {
-            let mut read_guard = match self.fd.ready(Interest::READABLE | Interest::ERROR).await {
+            let mut read_guard = match reader.ready(Interest::READABLE | Interest::ERROR).await {
                 Err(err) => return ((header_buf, data_buf), Err(err)),
                 Ok(read_guard) => read_guard,
             };
@@ -605,10 +601,7 @@ impl AsFd for FuseConnection {
             #[cfg(any(target_os = "linux", target_os = "macos"))]
             ConnectionMode::Block(connection) => connection.file.as_fd(),
 
-            #[cfg(any(
-                all(target_os = "linux", feature = "unprivileged"),
-                target_os = "freebsd",
-            ))]
+            #[cfg(any(target_os = "linux", target_os = "freebsd"))]
             ConnectionMode::NonBlock(connection) => connection.fd.as_fd(),
         }
     }
