@@ -225,7 +225,11 @@ impl VolumeService {
 
     /// The inode `name` in `parent` leads to now, if any (for breaking its promises).
     async fn ino_at(&self, volume: &str, parent: u64, name: &[u8]) -> Option<u64> {
-        self.meta.lookup(volume, parent, name).await.ok().map(|a| a.ino)
+        self.meta
+            .lookup(volume, parent, name)
+            .await
+            .ok()
+            .map(|a| a.ino)
     }
 
     /// Attributes of a regular file, or EISDIR.
@@ -252,7 +256,14 @@ impl Volumes for VolumeService {
     async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<Entry>, Status> {
         let mount = mount_of(&request);
         let r = request.into_inner();
-        self.run("lookup", &r.volume, self.lookup_op(&r, mount.as_deref()))
+        // Lookups an open makes (to check its names and version) are counted apart
+        // from the kernel's path lookups.
+        let op = if r.read_small > 0 || r.promise {
+            "open"
+        } else {
+            "lookup"
+        };
+        self.run(op, &r.volume, self.lookup_op(&r, mount.as_deref()))
             .await
     }
 
@@ -293,8 +304,12 @@ impl Volumes for VolumeService {
             inode.truncate(old_size, attr.size).await?;
             Ok(attr)
         };
-        self.run("setattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
-            .await
+        self.run(
+            "setattr",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.ino], body),
+        )
+        .await
     }
 
     async fn read_dir(
@@ -344,8 +359,12 @@ impl Volumes for VolumeService {
                 ..Entry::default()
             })
         };
-        self.run("create", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
-            .await
+        self.run(
+            "create",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.parent], body),
+        )
+        .await
     }
 
     async fn mkdir(&self, request: Request<MkdirRequest>) -> Result<Response<Entry>, Status> {
@@ -365,8 +384,12 @@ impl Volumes for VolumeService {
                 ..Entry::default()
             })
         };
-        self.run("mkdir", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
-            .await
+        self.run(
+            "mkdir",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.parent], body),
+        )
+        .await
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
@@ -415,8 +438,12 @@ impl Volumes for VolumeService {
                 attr: Some(attr),
             })
         };
-        self.run("write", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
-            .await
+        self.run(
+            "write",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.ino], body),
+        )
+        .await
     }
 
     async fn rename(&self, request: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
@@ -521,8 +548,12 @@ impl Volumes for VolumeService {
         let mount = mount_of(&request);
         let r = request.into_inner();
         let body = self.symlink_op(&r);
-        self.run("symlink", &r.volume, self.changing(&r.volume, mount, [r.parent], body))
-            .await
+        self.run(
+            "symlink",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.parent], body),
+        )
+        .await
     }
 
     async fn read_link(
@@ -539,8 +570,12 @@ impl Volumes for VolumeService {
         let r = request.into_inner();
         let body = self.link_op(&r);
         let inos = [r.ino, r.new_parent];
-        self.run("link", &r.volume, self.changing(&r.volume, mount, inos, body))
-            .await
+        self.run(
+            "link",
+            &r.volume,
+            self.changing(&r.volume, mount, inos, body),
+        )
+        .await
     }
 
     async fn set_xattr(
@@ -550,8 +585,12 @@ impl Volumes for VolumeService {
         let mount = mount_of(&request);
         let r = request.into_inner();
         let body = async { self.set_xattr_op(&r).await.map(|()| Empty {}) };
-        self.run("setxattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
-            .await
+        self.run(
+            "setxattr",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.ino], body),
+        )
+        .await
     }
 
     async fn get_xattr(
@@ -578,8 +617,12 @@ impl Volumes for VolumeService {
         let mount = mount_of(&request);
         let r = request.into_inner();
         let body = async { self.remove_xattr_op(&r).await.map(|()| Empty {}) };
-        self.run("removexattr", &r.volume, self.changing(&r.volume, mount, [r.ino], body))
-            .await
+        self.run(
+            "removexattr",
+            &r.volume,
+            self.changing(&r.volume, mount, [r.ino], body),
+        )
+        .await
     }
 
     async fn read_dir_page(

@@ -91,7 +91,7 @@ impl State {
             self.attrs.clear();
             self.dirs.clear();
         }
-        self.attrs.insert(attr.ino, attr.clone());
+        self.attrs.insert(attr.ino, *attr);
     }
 
     fn keep_contents(&mut self, ino: u64, data: Bytes) {
@@ -187,7 +187,7 @@ impl Promised {
         if names.is_empty() || !st.trusted() {
             return None;
         }
-        let attr = st.attrs.get(&ino)?.clone();
+        let attr = *st.attrs.get(&ino)?;
         let all_hold = names.iter().all(|(parent, name)| {
             st.dirs
                 .get(parent)
@@ -411,9 +411,15 @@ mod tests {
         let (a, contents) = p.for_open(11, &[(1, b"b".to_vec())]).unwrap();
         assert_eq!(a.ino, 11);
         assert_eq!(contents.as_deref(), Some(&b"abc"[..]));
-        assert!(p.for_open(11, &[(1, b"x".to_vec())]).is_none(), "unknown name");
+        assert!(
+            p.for_open(11, &[(1, b"x".to_vec())]).is_none(),
+            "unknown name"
+        );
         p.forget(&[1]);
-        assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none(), "dir broken");
+        assert!(
+            p.for_open(10, &[(1, b"a".to_vec())]).is_none(),
+            "dir broken"
+        );
     }
 
     #[test]
@@ -429,7 +435,10 @@ mod tests {
         p.beat_sent(2);
         p.beat_answered(2);
         p.accept(t, 1, b"a", &entry(10, vec![]));
-        assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none(), "older stream");
+        assert!(
+            p.for_open(10, &[(1, b"a".to_vec())]).is_none(),
+            "older stream"
+        );
     }
 
     #[test]

@@ -159,17 +159,29 @@ impl Promises {
         let mount = mount.to_string();
         tokio::spawn(async move {
             tokio::time::sleep_until(deadline.into()).await;
-            this.forget_stream(&mount, stream);
+            this.forget_stream(&mount, stream, true);
         });
     }
 
-    /// Drops `mount`'s stream `stream` and every promise it holds (also when the
-    /// mount said it trusts none of them any more).
-    pub fn forget_stream(&self, mount: &str, stream: u64) {
+    /// Drops `mount`'s stream `stream` and every promise it holds: `lapsed` when
+    /// they ran out of time (breaks still waiting for its ack are counted as timed
+    /// out), or because the mount said it trusts none of them any more. Changes
+    /// waiting for its acks go on.
+    pub fn forget_stream(&self, mount: &str, stream: u64, lapsed: bool) {
         let mut inner = self.inner();
         if inner.mounts.get(mount).is_some_and(|c| c.stream == stream) {
             if let Some(conn) = inner.mounts.remove(mount) {
                 drop_holders(&mut inner.holders, mount, &conn);
+                if lapsed && !conn.waiting.is_empty() {
+                    self.timeouts.inc_by(conn.waiting.len() as u64);
+                    tracing::warn!(
+                        volume = conn.volume,
+                        mount,
+                        breaks = conn.waiting.len(),
+                        "a mount holding promises did not acknowledge their breaks in \
+                         time; dropped its stream and promises"
+                    );
+                }
             }
         }
     }
@@ -242,15 +254,11 @@ impl Promises {
         };
         for (mount, stream, deadline, wait) in waits {
             self.breaks.inc();
-            if tokio::time::timeout_at(deadline.into(), wait).await.is_err() {
-                self.timeouts.inc();
-                tracing::warn!(
-                    volume,
-                    mount,
-                    "a mount holding a promise did not acknowledge its break in time; \
-                     dropping its stream and promises"
-                );
-                self.forget_stream(&mount, stream);
+            if tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .is_err()
+            {
+                self.forget_stream(&mount, stream, true);
             }
         }
         if let Some(until) = grace {
@@ -291,7 +299,11 @@ impl Promises {
     }
 }
 
-fn drop_holders(holders: &mut HashMap<String, HashMap<u64, HashSet<String>>>, mount: &str, conn: &Conn) {
+fn drop_holders(
+    holders: &mut HashMap<String, HashMap<u64, HashSet<String>>>,
+    mount: &str,
+    conn: &Conn,
+) {
     if let Some(by_ino) = holders.get_mut(&conn.volume) {
         for ino in &conn.held {
             if let Some(mounts) = by_ino.get_mut(ino) {
@@ -308,10 +320,9 @@ fn drop_holders(holders: &mut HashMap<String, HashMap<u64, HashSet<String>>>, mo
 mod tests {
     use super::*;
 
-    fn stream() -> (
-        mpsc::Sender<Result<WatchEvent, tonic::Status>>,
-        mpsc::Receiver<Result<WatchEvent, tonic::Status>>,
-    ) {
+    type Events = Result<WatchEvent, tonic::Status>;
+
+    fn stream() -> (mpsc::Sender<Events>, mpsc::Receiver<Events>) {
         mpsc::channel(16)
     }
 
@@ -363,9 +374,15 @@ mod tests {
         let started = tokio::time::Instant::now();
         p.revoke("v", &[7], None).await;
         let waited = started.elapsed();
-        assert!(waited >= PROMISE_LIFETIME - Duration::from_millis(10), "{waited:?}");
+        assert!(
+            waited >= PROMISE_LIFETIME - Duration::from_millis(10),
+            "{waited:?}"
+        );
         assert_eq!(p.counts(), (0, 0), "stream and promises dropped");
-        assert!(!p.grant("v", "m1", &[9]), "a dropped stream gets no promises");
+        assert!(
+            !p.grant("v", "m1", &[9]),
+            "a dropped stream gets no promises"
+        );
         assert!(!p.heard("m1", s), "nor answers to its heartbeats");
     }
 
@@ -388,16 +405,25 @@ mod tests {
         let (tx, mut rx) = stream();
         p.connect("v", "m1", tx);
         p.reset_volume("v", true);
-        assert!(rx.recv().await.is_none(), "streams on the volume are closed");
+        assert!(
+            rx.recv().await.is_none(),
+            "streams on the volume are closed"
+        );
         let started = tokio::time::Instant::now();
         p.revoke("v", &[1], None).await;
         assert!(started.elapsed() >= PROMISE_LIFETIME - Duration::from_millis(10));
         let started = tokio::time::Instant::now();
         p.revoke("v", &[1], None).await;
-        assert!(started.elapsed() < Duration::from_millis(10), "grace is over");
+        assert!(
+            started.elapsed() < Duration::from_millis(10),
+            "grace is over"
+        );
         p.reset_volume("new", false);
         let started = tokio::time::Instant::now();
         p.revoke("new", &[1], None).await;
-        assert!(started.elapsed() < Duration::from_millis(10), "a new volume has no grace");
+        assert!(
+            started.elapsed() < Duration::from_millis(10),
+            "a new volume has no grace"
+        );
     }
 }

@@ -16,7 +16,11 @@ impl VolumeService {
     /// A lookup; with `promise` from a mount with a live watch stream, promises on
     /// the parent directory and the inode are registered before their state is read,
     /// and with `siblings_budget` the directory's other small files come along.
-    pub(super) async fn lookup_op(&self, r: &LookupRequest, mount: Option<&str>) -> FsResult<Entry> {
+    pub(super) async fn lookup_op(
+        &self,
+        r: &LookupRequest,
+        mount: Option<&str>,
+    ) -> FsResult<Entry> {
         validate_name(&r.name)?;
         let mount = mount.filter(|_| r.promise);
         let promised = mount.is_some_and(|m| self.promises.grant(&r.volume, m, &[r.parent]));
@@ -160,7 +164,7 @@ impl VolumeService {
                     Ok(Some(WatchRequest {
                         msg: Some(watch_request::Msg::Bye(_)),
                     })) => {
-                        promises.forget_stream(&mount, stream);
+                        promises.forget_stream(&mount, stream, false);
                         break;
                     }
                     Ok(Some(_)) => {}
