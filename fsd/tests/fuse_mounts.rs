@@ -327,3 +327,33 @@ fn read_all_but(m: &Mount, skip: &[usize]) {
         fs::read(m.join(&format!("app/m{i:02}.py"))).unwrap();
     }
 }
+
+/// A promise holder that stops answering while its stream stays open (stopped, cut
+/// off): another mount's change is not refused or lost, it waits out the promise
+/// lifetime; the holder, resumed, trusts nothing it held and sees the change.
+#[test]
+fn a_stopped_holder_is_waited_out_and_sees_the_change_when_it_resumes() {
+    require_fuse_and_root();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(tmp.path());
+    let vol = volume("stopped");
+    let a = Mount::start(&server, &vol, &tmp.path().join("a"));
+    let b = Mount::start(&server, &vol, &tmp.path().join("b"));
+    fs::create_dir(a.join("app")).unwrap();
+    fs::write(a.join("app/x.txt"), b"version 1\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for _ in 0..2 {
+        assert_eq!(fs::read(b.join("app/x.txt")).unwrap(), b"version 1\n");
+    }
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    let started = std::time::Instant::now();
+    fs::write(a.join("app/x.txt"), b"version 2, written while B was stopped\n").unwrap();
+    println!("write while B was stopped took {:?}", started.elapsed());
+    let timeouts = metric(&server, "promise_break_timeouts_total", "");
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(timeouts >= 1, "the change did not wait for the stopped holder");
+    assert_eq!(
+        fs::read(b.join("app/x.txt")).unwrap(),
+        b"version 2, written while B was stopped\n"
+    );
+}

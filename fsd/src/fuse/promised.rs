@@ -49,8 +49,9 @@ struct State {
     valid_until: Option<Instant>,
     beats: VecDeque<(u64, Instant)>,
     attrs: HashMap<u64, Attr>,
-    /// Names of a promised directory known to lead to an inode.
-    dirs: HashMap<u64, HashMap<Vec<u8>, u64>>,
+    /// Names of a promised directory known to lead to an inode, and whether they
+    /// are all of its names (a whole listing came with them).
+    dirs: HashMap<u64, (bool, HashMap<Vec<u8>, u64>)>,
     contents: HashMap<u64, Bytes>,
     content_bytes: usize,
     seq: u64,
@@ -133,7 +134,7 @@ impl Promised {
     /// along: not when its names are promised already or it was listed lately.
     pub fn wants_listing(&self, dir: u64) -> bool {
         let st = self.state();
-        !st.dirs.contains_key(&dir)
+        !st.dirs.get(&dir).is_some_and(|(complete, _)| *complete)
             && st
                 .listed
                 .get(&dir)
@@ -156,8 +157,8 @@ impl Promised {
             }
             st.listed.insert(parent, Instant::now());
         }
-        let mut names = if entry.listing_complete {
-            HashMap::new()
+        let (complete, mut names) = if entry.listing_complete {
+            (true, HashMap::new())
         } else {
             st.dirs.remove(&parent).unwrap_or_default()
         };
@@ -165,7 +166,7 @@ impl Promised {
         for s in &entry.siblings {
             names.insert(s.name.clone(), s.ino);
         }
-        st.dirs.insert(parent, names);
+        st.dirs.insert(parent, (complete, names));
         if st.fresh(t, attr.ino) {
             st.keep_attr(attr);
         }
@@ -191,7 +192,7 @@ impl Promised {
         let all_hold = names.iter().all(|(parent, name)| {
             st.dirs
                 .get(parent)
-                .and_then(|d| d.get(name))
+                .and_then(|(_, d)| d.get(name))
                 .is_some_and(|i| *i == ino)
         });
         if !all_hold {
@@ -222,7 +223,7 @@ impl Promised {
             .state()
             .dirs
             .get(&parent)
-            .and_then(|d| d.get(name).copied());
+            .and_then(|(_, d)| d.get(name).copied());
         match (known, promised) {
             (None, None) if must_exist => self.forget_all(),
             (a, b) => {

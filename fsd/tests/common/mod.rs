@@ -289,6 +289,14 @@ impl Mount {
         self.path.join(rel)
     }
 
+    /// Sends `signal` to the client process (SIGSTOP / SIGCONT: a client that stops
+    /// answering without its connections closing, as when cut off or stuck).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("mount client running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signalling the mount client");
+    }
+
     /// SIGKILL of the client process, as in a crash of the worker's FUSE client; the
     /// dead mount is detached.
     pub fn kill9(&mut self) {
