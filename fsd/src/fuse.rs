@@ -293,10 +293,30 @@ impl Filesystem for VolumeFs {
     }
 
     async fn lookup(&self, _req: Request, parent: Inode, name: &OsStr) -> FuseResult<ReplyEntry> {
+        match self.promised.lookup(parent, name.as_bytes()) {
+            Some(Some(attr)) => {
+                self.attrs.put(&attr);
+                self.names.remember(attr.ino, parent, name.as_bytes());
+                return Ok(self.entry(&attr));
+            }
+            Some(None) => {
+                self.names.not_found(parent, name.as_bytes());
+                return Err(errno(libc::ENOENT));
+            }
+            None => {}
+        }
+        // The first lookup in a directory that has to ask brings the directory's
+        // other entries (and small files) along, promised, so the lookups and opens
+        // that follow there need no round trip.
+        let ticket = self.promised.ticket();
+        let list = ticket.is_some() && self.promised.wants_listing(parent);
         let req = LookupRequest {
             volume: self.volume.clone(),
             parent,
             name: name.as_bytes().to_vec(),
+            promise: ticket.is_some(),
+            siblings_budget: if list { open::SIBLINGS_BUDGET } else { 0 },
+            read_small: if list { READ_SMALL } else { 0 },
             ..Default::default()
         };
         let reply = match self
@@ -312,6 +332,10 @@ impl Filesystem for VolumeFs {
                 return Err(errno(e));
             }
         };
+        if let Some(ticket) = ticket {
+            self.promised
+                .accept(ticket, parent, name.as_bytes(), &reply.value, true);
+        }
         let attr = attr_of(reply.value.attr)?;
         self.attrs.put(&attr);
         self.names.remember(attr.ino, parent, name.as_bytes());

@@ -258,11 +258,7 @@ impl Volumes for VolumeService {
         let r = request.into_inner();
         // Lookups an open makes (to check its names and version) are counted apart
         // from the kernel's path lookups.
-        let op = if r.read_small > 0 || r.promise {
-            "open"
-        } else {
-            "lookup"
-        };
+        let op = if r.for_open { "open" } else { "lookup" };
         self.run(op, &r.volume, self.lookup_op(&r, mount.as_deref()))
             .await
     }

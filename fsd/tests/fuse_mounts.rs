@@ -303,8 +303,28 @@ fn promised_opens_ask_nothing_and_changes_elsewhere_still_show() {
         errno(&fs::read(b.join("app/m09.py")).unwrap_err()),
         libc::ENOENT
     );
+    // B's lookups of an absent name (answered from a promised whole listing when B
+    // holds one, else by the server): A's create breaks that promise, so B finds
+    // the new file at once.
+    let stats = |s: &Server| metric(s, "ops_total", "op=\"lookup\"");
+    assert_eq!(fs::read(b.join("app/m01.py")).unwrap(), body(1));
+    let before = stats(&server);
+    for _ in 0..5 {
+        assert_eq!(
+            errno(&fs::metadata(b.join("app/new.py")).unwrap_err()),
+            libc::ENOENT
+        );
+    }
+    println!(
+        "5 lookups of an absent name: {} server round trips",
+        stats(&server) - before
+    );
     fs::write(a.join("app/new.py"), b"new\n").unwrap();
     assert_eq!(fs::read(b.join("app/new.py")).unwrap(), b"new\n");
+    fs::create_dir(a.join("app/sub")).unwrap();
+    assert!(fs::metadata(b.join("app/sub")).unwrap().is_dir());
+    fs::write(a.join("app/sub/deep.py"), b"deep\n").unwrap();
+    assert_eq!(fs::read(b.join("app/sub/deep.py")).unwrap(), b"deep\n");
     assert!(
         metric(&server, "promise_breaks_total", "") > 0,
         "no promise was broken"
@@ -347,11 +367,18 @@ fn a_stopped_holder_is_waited_out_and_sees_the_change_when_it_resumes() {
     }
     b.signal(nix::sys::signal::Signal::SIGSTOP);
     let started = std::time::Instant::now();
-    fs::write(a.join("app/x.txt"), b"version 2, written while B was stopped\n").unwrap();
+    fs::write(
+        a.join("app/x.txt"),
+        b"version 2, written while B was stopped\n",
+    )
+    .unwrap();
     println!("write while B was stopped took {:?}", started.elapsed());
     let timeouts = metric(&server, "promise_break_timeouts_total", "");
     b.signal(nix::sys::signal::Signal::SIGCONT);
-    assert!(timeouts >= 1, "the change did not wait for the stopped holder");
+    assert!(
+        timeouts >= 1,
+        "the change did not wait for the stopped holder"
+    );
     assert_eq!(
         fs::read(b.join("app/x.txt")).unwrap(),
         b"version 2, written while B was stopped\n"

@@ -14,8 +14,8 @@ use fuse3::Result as FuseResult;
 
 use super::{attr_of, errno, Handle, VolumeFs, READ_SMALL};
 
-/// Bytes of sibling files an open's lookup may bring along.
-const SIBLINGS_BUDGET: u32 = 4 << 20;
+/// Bytes of sibling files a lookup may bring along.
+pub(super) const SIBLINGS_BUDGET: u32 = 4 << 20;
 
 impl VolumeFs {
     /// The attributes of file `ino` fresh from the server, for an open: asks the
@@ -54,6 +54,7 @@ impl VolumeFs {
                 cached_size: held.2,
                 promise: ticket.is_some(),
                 siblings_budget: if list { SIBLINGS_BUDGET } else { 0 },
+                for_open: true,
             };
             match self
                 .client
@@ -67,7 +68,8 @@ impl VolumeFs {
                         return Err(stale());
                     }
                     if let Some(ticket) = ticket {
-                        self.promised.accept(ticket, parent, &name, &reply.value);
+                        self.promised
+                            .accept(ticket, parent, &name, &reply.value, false);
                     }
                     fresh = Some(attr);
                     contents = reply.value.data.map(Bytes::from);

@@ -142,8 +142,9 @@ impl Promised {
     }
 
     /// Takes in a promised lookup reply for `name` in `parent` made with ticket `t`.
-    /// The entry's own contents are the caller's; siblings' contents are kept.
-    pub fn accept(&self, t: Ticket, parent: u64, name: &[u8], entry: &Entry) {
+    /// Siblings' contents are kept; the entry's own only with `keep_own` (otherwise
+    /// they are the caller's).
+    pub fn accept(&self, t: Ticket, parent: u64, name: &[u8], entry: &Entry, keep_own: bool) {
         let mut st = self.state();
         let Some(attr) = entry.attr.as_ref() else {
             return;
@@ -169,6 +170,9 @@ impl Promised {
         st.dirs.insert(parent, (complete, names));
         if st.fresh(t, attr.ino) {
             st.keep_attr(attr);
+            if let (true, Some(data)) = (keep_own, &entry.data) {
+                st.keep_contents(attr.ino, Bytes::copy_from_slice(data));
+            }
         }
         for s in &entry.siblings {
             if let (Some(attr), true) = (s.attr.as_ref(), st.fresh(t, s.ino)) {
@@ -203,6 +207,23 @@ impl Promised {
             st.content_bytes -= c.len();
         }
         Some((attr, contents))
+    }
+
+    /// A path lookup answered from promises: `Some(Some(attr))` when `name` in
+    /// `parent` is promised to lead to an inode with promised attributes,
+    /// `Some(None)` when the directory's whole listing is promised and has no such
+    /// name, `None` when the server must be asked.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<Option<Attr>> {
+        let st = self.state();
+        if !st.trusted() {
+            return None;
+        }
+        let (complete, names) = st.dirs.get(&parent)?;
+        match names.get(name) {
+            Some(ino) => st.attrs.get(ino).map(|attr| Some(*attr)),
+            None if *complete => Some(None),
+            None => None,
+        }
     }
 
     /// Forgets what is promised about `inos` (a break, or a change through this
@@ -407,7 +428,12 @@ mod tests {
             attr: Some(attr(11)),
             data: Some(b"abc".to_vec()),
         };
-        p.accept(t, 1, b"a", &entry(10, vec![sib]));
+        p.accept(t, 1, b"a", &entry(10, vec![sib]), false);
+        assert_eq!(p.lookup(1, b"b").unwrap().unwrap().ino, 11);
+        assert!(
+            p.lookup(1, b"zz").unwrap().is_none(),
+            "complete listing: absent"
+        );
         assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_some());
         let (a, contents) = p.for_open(11, &[(1, b"b".to_vec())]).unwrap();
         assert_eq!(a.ino, 11);
@@ -428,14 +454,14 @@ mod tests {
         let p = live();
         let t = p.ticket().unwrap();
         p.forget(&[10]);
-        p.accept(t, 1, b"a", &entry(10, vec![]));
+        p.accept(t, 1, b"a", &entry(10, vec![]), false);
         assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none());
         let t = p.ticket().unwrap();
         p.disconnected();
         p.welcome();
         p.beat_sent(2);
         p.beat_answered(2);
-        p.accept(t, 1, b"a", &entry(10, vec![]));
+        p.accept(t, 1, b"a", &entry(10, vec![]), false);
         assert!(
             p.for_open(10, &[(1, b"a".to_vec())]).is_none(),
             "older stream"
@@ -447,7 +473,7 @@ mod tests {
         let p = Promised::default();
         p.welcome();
         let t = p.ticket().unwrap();
-        p.accept(t, 1, b"a", &entry(10, vec![]));
+        p.accept(t, 1, b"a", &entry(10, vec![]), false);
         assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none());
         p.beat_sent(1);
         p.beat_answered(1);

@@ -2,13 +2,19 @@
 //! directory's small files along, and the `Watch` stream that carries breaks and
 //! heartbeats. The promise table itself is [`super::promises`].
 
+use std::collections::HashMap;
+
 use berth_api::volume::{
-    watch_event, watch_request, Entry, FileKind, LookupRequest, Sibling, WatchEvent, WatchRequest,
+    watch_event, watch_request, Attr, Entry, FileKind, LookupRequest, Sibling, WatchEvent,
+    WatchRequest,
 };
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::{VolumeService, MAX_SIBLINGS, MAX_SIBLINGS_BUDGET};
+
+/// Largest sibling whose contents come along when the request sets no `read_small`.
+const SIBLING_SMALL: u32 = 128 << 10;
 use crate::error::{FsError, FsResult};
 use crate::names::validate_name;
 
@@ -44,54 +50,71 @@ impl VolumeService {
         Ok(entry)
     }
 
-    /// Entries of `r.parent` other than `r.name` (at most [`MAX_SIBLINGS`]), the
-    /// small regular files among them, up to the byte budget, with promised
-    /// attributes and contents. The caller holds a promise on the directory.
+    /// Entries of `r.parent` other than `r.name` (at most [`MAX_SIBLINGS`]) with
+    /// promised attributes, and the contents of the small regular files among them
+    /// up to the byte budget. The caller holds a promise on the directory.
     async fn siblings(&self, r: &LookupRequest, mount: &str) -> FsResult<(Vec<Sibling>, bool)> {
         let listed = self
             .meta
             .read_dir_page(&r.volume, r.parent, b"", MAX_SIBLINGS + 1)
             .await?;
         let complete = listed.len() <= MAX_SIBLINGS as usize;
-        let small = u64::from(r.read_small.min(super::MAX_READ_SMALL));
-        let mut budget = u64::from(r.siblings_budget.min(MAX_SIBLINGS_BUDGET));
-        let mut wanted = Vec::new();
-        let mut out = Vec::new();
-        for (name, attr) in listed.into_iter().take(MAX_SIBLINGS as usize) {
-            if name == r.name {
-                continue;
-            }
-            if attr.kind == FileKind::File as i32 && attr.size <= small.min(budget) {
-                budget -= attr.size;
-                wanted.push(out.len());
-            }
-            out.push(Sibling {
+        let mut out: Vec<Sibling> = listed
+            .into_iter()
+            .take(MAX_SIBLINGS as usize)
+            .filter(|(name, _)| *name != r.name)
+            .map(|(name, attr)| Sibling {
                 name,
                 ino: attr.ino,
                 attr: None,
                 data: None,
-            });
-        }
-        let inos: Vec<u64> = wanted.iter().map(|i| out[*i].ino).collect();
+            })
+            .collect();
+        let inos: Vec<u64> = out.iter().map(|s| s.ino).collect();
         if inos.is_empty() || !self.promises.grant(&r.volume, mount, &inos) {
             return Ok((out, complete));
+        }
+        // Attributes read again now that the promises on them are registered: a
+        // change after this read breaks them.
+        let fresh: HashMap<u64, Attr> = self
+            .meta
+            .read_dir_page(&r.volume, r.parent, b"", MAX_SIBLINGS + 1)
+            .await?
+            .into_iter()
+            .map(|(_, attr)| (attr.ino, attr))
+            .collect();
+        let small = u64::from(match r.read_small {
+            0 => SIBLING_SMALL,
+            n => n.min(super::MAX_READ_SMALL),
+        });
+        let mut budget = u64::from(r.siblings_budget.min(MAX_SIBLINGS_BUDGET));
+        let mut wanted = Vec::new();
+        for (i, sibling) in out.iter_mut().enumerate() {
+            let Some(attr) = fresh.get(&sibling.ino) else {
+                continue;
+            };
+            sibling.attr = Some(*attr);
+            if attr.kind == FileKind::File as i32 && attr.size <= small.min(budget) {
+                budget -= attr.size;
+                wanted.push(i);
+            }
         }
         for i in wanted {
             let sibling = &mut out[i];
             // Under the inode's lock (writers hold it too) attributes and bytes are
-            // of one version, read after the promise was registered.
+            // of one version.
             let mut inode = self.data.lock(&r.volume, sibling.ino).await;
             let attr = match self.meta.get_attr(&r.volume, sibling.ino).await {
                 Ok(attr) => attr,
                 Err(FsError::NotFound) => continue,
                 Err(err) => return Err(err),
             };
+            sibling.attr = Some(attr);
             if attr.kind != FileKind::File as i32 || attr.size > small {
                 continue;
             }
             let data = inode.read(attr.size, 0, attr.size as u32).await?;
             self.metrics.add_read(data.len() as u64);
-            sibling.attr = Some(attr);
             sibling.data = Some(data);
         }
         Ok((out, complete))
