@@ -99,6 +99,7 @@ pub struct VolumeFs {
     locked: Mutex<ops::Locked>,
     /// What the server promised to call back about (kept current by [`promised::watch`]).
     promised: Arc<promised::Promised>,
+    metrics: Arc<crate::metrics::MountMetrics>,
 }
 
 fn errno(e: i32) -> Errno {
@@ -123,7 +124,13 @@ impl VolumeFs {
             notify: std::sync::OnceLock::new(),
             locked: Mutex::new(ops::Locked::default()),
             promised: Arc::new(promised::Promised::default()),
+            metrics: Arc::new(crate::metrics::MountMetrics::new()),
         }
+    }
+
+    /// The mount's metrics (served by `berth-fsd mount --metrics-listen`).
+    pub fn metrics(&self) -> Arc<crate::metrics::MountMetrics> {
+        self.metrics.clone()
     }
 
     /// The mount's promise state, for the task that runs its watch stream.
@@ -293,7 +300,9 @@ impl Filesystem for VolumeFs {
     }
 
     async fn lookup(&self, _req: Request, parent: Inode, name: &OsStr) -> FuseResult<ReplyEntry> {
-        match self.promised.lookup(parent, name.as_bytes()) {
+        let promised = self.promised.lookup(parent, name.as_bytes());
+        self.metrics.lookup(promised.is_some());
+        match promised {
             Some(Some(attr)) => {
                 self.attrs.put(&attr);
                 self.names.remember(attr.ino, parent, name.as_bytes());
@@ -306,17 +315,16 @@ impl Filesystem for VolumeFs {
             None => {}
         }
         // The first lookup in a directory that has to ask brings the directory's
-        // other entries (and small files) along, promised, so the lookups and opens
-        // that follow there need no round trip.
+        // other entries along, promised, so the lookups that follow there need no
+        // round trip (an open there brings the small files' contents).
         let ticket = self.promised.ticket();
-        let list = ticket.is_some() && self.promised.wants_listing(parent);
+        let list = ticket.is_some() && self.promised.wants_listing(parent, false);
         let req = LookupRequest {
             volume: self.volume.clone(),
             parent,
             name: name.as_bytes().to_vec(),
             promise: ticket.is_some(),
-            siblings_budget: if list { open::SIBLINGS_BUDGET } else { 0 },
-            read_small: if list { READ_SMALL } else { 0 },
+            siblings_budget: if list { open::ENTRIES_ONLY } else { 0 },
             ..Default::default()
         };
         let reply = match self
@@ -334,7 +342,7 @@ impl Filesystem for VolumeFs {
         };
         if let Some(ticket) = ticket {
             self.promised
-                .accept(ticket, parent, name.as_bytes(), &reply.value, true);
+                .accept(ticket, parent, name.as_bytes(), &reply.value, false);
         }
         let attr = attr_of(reply.value.attr)?;
         self.attrs.put(&attr);

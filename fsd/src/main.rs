@@ -87,6 +87,11 @@ enum Command {
         /// How long an operation waits for an unreachable file server before EIO.
         #[arg(long, default_value_t = 30)]
         retry_secs: u64,
+        /// Prometheus /metrics listen address of this mount (opens and lookups by
+        /// whether a promise answered them, promise breaks, watch streams); none
+        /// when absent.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Empty directory to mount on.
         mountpoint: PathBuf,
     },
@@ -168,6 +173,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dir_entry_ttl_ms,
             file_entry_ttl_ms,
             retry_secs,
+            metrics_listen,
             mountpoint,
         } => {
             let config = MountConfig {
@@ -180,6 +186,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     file_entry: Duration::from_millis(file_entry_ttl_ms),
                 },
                 retry_window: Duration::from_secs(retry_secs),
+                metrics_listen,
             };
             let ready = || println!("mounted {volume} at {}", mountpoint.display());
             berth_fsd::mount(config, ready, shutdown_signal())

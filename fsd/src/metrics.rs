@@ -126,7 +126,114 @@ impl Metrics {
     }
 }
 
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+/// Labels of the mount's counters of how a request was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Answered {
+    /// `promise` (from what the server promised, no round trip) or `server`.
+    pub by: &'static str,
+}
+
+/// Metrics of `berth-fsd mount` (served with `--metrics-listen`).
+pub struct MountMetrics {
+    registry: Registry,
+    /// Opens, by how their check of names and version was answered.
+    pub opens: Family<Answered, Counter>,
+    /// Path lookups, by how they were answered.
+    pub lookups: Family<Answered, Counter>,
+    /// Promise breaks received from the server.
+    pub breaks: Counter,
+    /// Watch streams opened (1 plus reconnections).
+    pub streams: Counter,
+}
+
+impl std::fmt::Debug for MountMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for MountMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MountMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("berth_fsd_mount");
+        let opens = Family::<Answered, Counter>::default();
+        let lookups = Family::<Answered, Counter>::default();
+        let breaks = Counter::default();
+        let streams = Counter::default();
+        registry.register(
+            "opens",
+            "Opens, by whether a promise or the server answered their check",
+            opens.clone(),
+        );
+        registry.register(
+            "lookups",
+            "Path lookups, by whether a promise or the server answered them",
+            lookups.clone(),
+        );
+        registry.register(
+            "promise_breaks",
+            "Promise breaks received from the file server",
+            breaks.clone(),
+        );
+        registry.register(
+            "watch_streams",
+            "Watch streams opened to the file server",
+            streams.clone(),
+        );
+        Self {
+            registry,
+            opens,
+            lookups,
+            breaks,
+            streams,
+        }
+    }
+
+    /// Counts an open (`by_promise`: answered without a round trip).
+    pub fn open(&self, by_promise: bool) {
+        self.opens.get_or_create(&answered(by_promise)).inc();
+    }
+
+    /// Counts a path lookup (`by_promise`: answered without a round trip).
+    pub fn lookup(&self, by_promise: bool) {
+        self.lookups.get_or_create(&answered(by_promise)).inc();
+    }
+}
+
+fn answered(by_promise: bool) -> Answered {
+    Answered {
+        by: if by_promise { "promise" } else { "server" },
+    }
+}
+
+/// A set of metrics that can be rendered for `GET /metrics`.
+pub trait Exposition: Send + Sync + 'static {
+    /// The text exposition format.
+    fn render(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
+impl Exposition for MountMetrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = encode(&mut out, &self.registry) {
+            tracing::error!(%err, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+async fn metrics_handler<M: Exposition>(State(metrics): State<Arc<M>>) -> impl IntoResponse {
     (
         [(
             CONTENT_TYPE,
@@ -137,13 +244,13 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve_metrics(
+pub async fn serve_metrics<M: Exposition>(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Arc<M>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics_handler::<M>))
         .with_state(metrics);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -168,5 +275,22 @@ mod tests {
         assert!(text.contains("berth_fsd_ops_total{op=\"read\",outcome=\"ok\"} 1"));
         assert!(text.contains("berth_fsd_written_bytes_total 42"));
         assert!(text.contains("berth_fsd_op_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn renders_mount_counters() {
+        let m = MountMetrics::new();
+        m.open(true);
+        m.open(true);
+        m.lookup(false);
+        let text = Exposition::render(&m);
+        assert!(
+            text.contains("berth_fsd_mount_opens_total{by=\"promise\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_fsd_mount_lookups_total{by=\"server\"} 1"),
+            "{text}"
+        );
     }
 }

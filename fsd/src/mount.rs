@@ -34,6 +34,8 @@ pub struct MountConfig {
     pub ttls: Ttls,
     /// How long a call keeps retrying while the server is unreachable.
     pub retry_window: Duration,
+    /// Where to serve the mount's own `/metrics`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why mounting failed.
@@ -56,6 +58,11 @@ pub enum MountError {
     )]
     Mount {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("binding the mount's metrics address {addr} failed; pick a free port")]
+    Metrics {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("FUSE session on {path} failed")]
@@ -109,7 +116,23 @@ pub async fn mount(
         client,
         config.volume.clone(),
         promised.clone(),
+        fs.metrics(),
     ));
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .map_err(|source| MountError::Metrics { addr, source })?;
+            let serve =
+                crate::metrics::serve_metrics(listener, fs.metrics(), std::future::pending::<()>());
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(err) = serve.await {
+                    tracing::error!(%err, "mount metrics server failed");
+                }
+            })))
+        }
+        None => None,
+    };
     let mut handle = Session::new(options)
         .mount(fs, &config.mountpoint)
         .await

@@ -236,7 +236,11 @@ fn within_ttl(seen: impl Fn() -> bool) {
 
 /// `berth_fsd_<name>` summed over its label sets, from the server's `/metrics`.
 fn metric(server: &Server, name: &str, labels: &str) -> u64 {
-    let text = server.metrics();
+    sum_of(&server.metrics(), name, labels)
+}
+
+/// `berth_fsd_<name>` summed over the label sets that contain `labels`, in `text`.
+fn sum_of(text: &str, name: &str, labels: &str) -> u64 {
     let prefix = format!("berth_fsd_{name}");
     text.lines()
         .filter(|l| l.starts_with(&prefix) && l.contains(labels))
@@ -285,6 +289,13 @@ fn promised_opens_ask_nothing_and_changes_elsewhere_still_show() {
     // (a heartbeat answered late on a loaded machine).
     assert!(cold <= 5, "{cold} of 40 cold opens asked the server");
     assert!(warm <= 5, "{warm} of 40 warm opens asked the server");
+    // The mount's own count agrees.
+    let by_promise = sum_of(&b.metrics(), "mount_opens_total", "by=\"promise\"");
+    assert!(
+        by_promise >= 70,
+        "only {by_promise} of 80 opens answered by promises"
+    );
+    assert!(sum_of(&b.metrics(), "mount_watch_streams_total", "") >= 1);
 
     // Changes on A, each seen by B's next open.
     let bigger = b"rewritten on A, longer than before\n".repeat(40);

@@ -14,8 +14,12 @@ use fuse3::Result as FuseResult;
 
 use super::{attr_of, errno, Handle, VolumeFs, READ_SMALL};
 
-/// Bytes of sibling files a lookup may bring along.
-pub(super) const SIBLINGS_BUDGET: u32 = 4 << 20;
+/// Bytes of sibling files an open's lookup may bring along.
+const SIBLINGS_BUDGET: u32 = 4 << 20;
+/// `siblings_budget` of a path lookup: the directory's entries and attributes,
+/// without contents (only files of at most one byte would carry any): a `stat` or
+/// `unlink` storm should not pull file contents along.
+pub(super) const ENTRIES_ONLY: u32 = 1;
 
 impl VolumeFs {
     /// The attributes of file `ino` fresh from the server, for an open: asks the
@@ -34,7 +38,9 @@ impl VolumeFs {
             }
         }
         let names = self.names.of(ino);
-        if let Some((attr, contents)) = self.promised.for_open(ino, &names) {
+        let promised = self.promised.for_open(ino, &names);
+        self.metrics.open(promised.is_some());
+        if let Some((attr, contents)) = promised {
             self.attrs.put(&attr);
             return Ok((attr, false, contents));
         }
@@ -43,7 +49,7 @@ impl VolumeFs {
         let mut contents = None;
         for (i, (parent, name)) in names.into_iter().enumerate() {
             let ticket = self.promised.ticket();
-            let list = i == 0 && ticket.is_some() && self.promised.wants_listing(parent);
+            let list = i == 0 && ticket.is_some() && self.promised.wants_listing(parent, true);
             let req = LookupRequest {
                 volume: self.volume.clone(),
                 parent,
@@ -69,7 +75,7 @@ impl VolumeFs {
                     }
                     if let Some(ticket) = ticket {
                         self.promised
-                            .accept(ticket, parent, &name, &reply.value, false);
+                            .accept(ticket, parent, &name, &reply.value, list);
                     }
                     fresh = Some(attr);
                     contents = reply.value.data.map(Bytes::from);

@@ -57,8 +57,10 @@ struct State {
     seq: u64,
     broken_at: HashMap<u64, u64>,
     floor: u64,
-    /// When each directory last had its small files sent along.
+    /// When each directory last had its entries sent along, and when with the
+    /// contents of its small files.
     listed: HashMap<u64, Instant>,
+    listed_data: HashMap<u64, Instant>,
 }
 
 impl State {
@@ -130,21 +132,26 @@ impl Promised {
         })
     }
 
-    /// Whether an open's lookup in `dir` should bring the directory's small files
-    /// along: not when its names are promised already or it was listed lately.
-    pub fn wants_listing(&self, dir: u64) -> bool {
+    /// Whether a lookup in `dir` should bring the directory's entries along (with
+    /// the contents of its small files: `with_data`, for an open): not when that
+    /// came lately, nor (for entries alone) when its whole listing is promised.
+    pub fn wants_listing(&self, dir: u64, with_data: bool) -> bool {
         let st = self.state();
-        !st.dirs.get(&dir).is_some_and(|(complete, _)| *complete)
-            && st
-                .listed
-                .get(&dir)
-                .is_none_or(|at| at.elapsed() > Duration::from_secs(5))
+        let lately = |m: &HashMap<u64, Instant>| {
+            m.get(&dir)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+        };
+        if with_data {
+            !lately(&st.listed_data)
+        } else {
+            !st.dirs.get(&dir).is_some_and(|(complete, _)| *complete) && !lately(&st.listed)
+        }
     }
 
-    /// Takes in a promised lookup reply for `name` in `parent` made with ticket `t`.
-    /// Siblings' contents are kept; the entry's own only with `keep_own` (otherwise
-    /// they are the caller's).
-    pub fn accept(&self, t: Ticket, parent: u64, name: &[u8], entry: &Entry, keep_own: bool) {
+    /// Takes in a promised lookup reply for `name` in `parent` made with ticket `t`
+    /// (`with_data`: it asked for the small files' contents). Siblings' contents are
+    /// kept; the entry's own are the caller's.
+    pub fn accept(&self, t: Ticket, parent: u64, name: &[u8], entry: &Entry, with_data: bool) {
         let mut st = self.state();
         let Some(attr) = entry.attr.as_ref() else {
             return;
@@ -155,8 +162,12 @@ impl Promised {
         if !entry.siblings.is_empty() || entry.listing_complete {
             if st.listed.len() >= MAX_PROMISED {
                 st.listed.clear();
+                st.listed_data.clear();
             }
             st.listed.insert(parent, Instant::now());
+            if with_data {
+                st.listed_data.insert(parent, Instant::now());
+            }
         }
         let (complete, mut names) = if entry.listing_complete {
             (true, HashMap::new())
@@ -170,9 +181,6 @@ impl Promised {
         st.dirs.insert(parent, (complete, names));
         if st.fresh(t, attr.ino) {
             st.keep_attr(attr);
-            if let (true, Some(data)) = (keep_own, &entry.data) {
-                st.keep_contents(attr.ino, Bytes::copy_from_slice(data));
-            }
         }
         for s in &entry.siblings {
             if let (Some(attr), true) = (s.attr.as_ref(), st.fresh(t, s.ino)) {
@@ -313,7 +321,12 @@ impl Promised {
 
 /// Keeps the mount's watch stream up for as long as the mount lives, applying breaks
 /// and renewing trust with heartbeats.
-pub async fn watch(client: FsClient, volume: String, promised: Arc<Promised>) {
+pub async fn watch(
+    client: FsClient,
+    volume: String,
+    promised: Arc<Promised>,
+    metrics: Arc<crate::metrics::MountMetrics>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut closing = promised.closing.subscribe();
     while !*closing.borrow_and_update() {
@@ -328,7 +341,8 @@ pub async fn watch(client: FsClient, volume: String, promised: Arc<Promised>) {
         match client.open_watch(ReceiverStream::new(rx)).await {
             Ok(inbound) => {
                 backoff = Duration::from_millis(100);
-                follow(inbound, tx, &promised, &mut closing).await;
+                metrics.streams.inc();
+                follow(inbound, tx, &promised, &metrics, &mut closing).await;
                 tracing::debug!(volume, "watch stream ended; promises dropped");
             }
             Err(errno) => tracing::debug!(volume, errno, "watch stream not opened; will retry"),
@@ -346,6 +360,7 @@ async fn follow(
     mut inbound: tonic::Streaming<berth_api::volume::WatchEvent>,
     tx: mpsc::Sender<WatchRequest>,
     promised: &Promised,
+    metrics: &crate::metrics::MountMetrics,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -366,6 +381,7 @@ async fn follow(
                     Some(watch_event::Msg::Heartbeat(k)) => promised.beat_answered(k),
                     Some(watch_event::Msg::Broken(b)) => {
                         promised.forget(&b.inos);
+                        metrics.breaks.inc();
                         let ack = WatchRequest { msg: Some(watch_request::Msg::Ack(b.id)) };
                         if tx.send(ack).await.is_err() {
                             return;
@@ -428,7 +444,7 @@ mod tests {
             attr: Some(attr(11)),
             data: Some(b"abc".to_vec()),
         };
-        p.accept(t, 1, b"a", &entry(10, vec![sib]), false);
+        p.accept(t, 1, b"a", &entry(10, vec![sib]), true);
         assert_eq!(p.lookup(1, b"b").unwrap().unwrap().ino, 11);
         assert!(
             p.lookup(1, b"zz").unwrap().is_none(),
@@ -454,14 +470,14 @@ mod tests {
         let p = live();
         let t = p.ticket().unwrap();
         p.forget(&[10]);
-        p.accept(t, 1, b"a", &entry(10, vec![]), false);
+        p.accept(t, 1, b"a", &entry(10, vec![]), true);
         assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none());
         let t = p.ticket().unwrap();
         p.disconnected();
         p.welcome();
         p.beat_sent(2);
         p.beat_answered(2);
-        p.accept(t, 1, b"a", &entry(10, vec![]), false);
+        p.accept(t, 1, b"a", &entry(10, vec![]), true);
         assert!(
             p.for_open(10, &[(1, b"a".to_vec())]).is_none(),
             "older stream"
@@ -473,7 +489,7 @@ mod tests {
         let p = Promised::default();
         p.welcome();
         let t = p.ticket().unwrap();
-        p.accept(t, 1, b"a", &entry(10, vec![]), false);
+        p.accept(t, 1, b"a", &entry(10, vec![]), true);
         assert!(p.for_open(10, &[(1, b"a".to_vec())]).is_none());
         p.beat_sent(1);
         p.beat_answered(1);

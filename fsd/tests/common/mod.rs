@@ -184,14 +184,7 @@ impl Server {
 
     /// `GET /metrics` as text.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .expect("connecting to /metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("sending metrics request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("reading metrics");
-        out
+        scrape(self.metrics_port)
     }
 }
 
@@ -205,6 +198,19 @@ impl Drop for Server {
 pub struct Mount {
     child: Option<Child>,
     pub path: PathBuf,
+    /// The client's `--metrics-listen` port (on loopback of its network namespace).
+    metrics_port: u16,
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`, as text.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("sending metrics request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading metrics");
+    out
 }
 
 fn st_dev(path: &Path) -> Option<u64> {
@@ -243,6 +249,7 @@ impl Mount {
                 });
             }
         }
+        let metrics_port = free_port();
         let child = cmd
             .args([
                 "mount",
@@ -252,7 +259,9 @@ impl Mount {
                 volume,
                 "--retry-secs",
                 "20",
+                "--metrics-listen",
             ])
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .arg(path)
             .stdout(Stdio::null())
             .spawn()
@@ -260,6 +269,7 @@ impl Mount {
         let mut mount = Mount {
             child: Some(child),
             path: path.to_path_buf(),
+            metrics_port,
         };
         let parent = path.parent().expect("mount point has a parent");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -287,6 +297,11 @@ impl Mount {
 
     pub fn join(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
+    }
+
+    /// The client's `GET /metrics` (only for a mount started outside a namespace).
+    pub fn metrics(&self) -> String {
+        scrape(self.metrics_port)
     }
 
     /// Sends `signal` to the client process (SIGSTOP / SIGCONT: a client that stops
