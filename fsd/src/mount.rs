@@ -6,9 +6,8 @@
 //! path is detached first. On shutdown the volume is unmounted (lazily if busy).
 //! While mounted, a task renews the mount's lease with the server every
 //! [`KEEP_ALIVE`], so the `fcntl` locks it holds stay valid (they expire when it dies).
-//! Right after mounting, the kernel's readahead for the mount is raised from FUSE's
-//! 128 KiB to [`READAHEAD_KB`], so sequential reads arrive as 1 MiB requests, several
-//! in flight.
+//! Once INIT is done, the kernel's readahead for the mount is raised from FUSE's
+//! 128 KiB to [`READAHEAD_KB`], so sequential reads arrive as 1 MiB requests.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -146,7 +145,14 @@ pub async fn mount(
         server = %config.server,
         "volume mounted"
     );
-    raise_readahead(&config.mountpoint);
+    // The kernel sets the readahead from the INIT reply, lowering it to what it sent
+    // (128 KiB): raise it only once a first request has waited out INIT.
+    let root = config.mountpoint.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::metadata(&root);
+        raise_readahead(&root);
+    })
+    .await;
     ready();
 
     let _stop_keep_alive = AbortOnDrop(keep_alive);
@@ -172,8 +178,9 @@ pub async fn mount(
     result
 }
 
-/// Readahead of a mount, in KiB: four 1 MiB read requests ahead of the reader.
-pub const READAHEAD_KB: u32 = 4096;
+/// Readahead of a mount, in KiB: one 1 MiB read request ahead of the reader (512 KiB
+/// to 1 MiB read a cold 256 MiB file at 540 MB/s, 128 KiB at 300, 4 MiB at 470).
+pub const READAHEAD_KB: u32 = 1024;
 
 /// The `major:minor` device of the mount at `mountpoint`, from /proc/self/mountinfo.
 fn mount_device(mountpoint: &Path) -> Option<String> {

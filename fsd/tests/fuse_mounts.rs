@@ -41,6 +41,21 @@ fn two_mounts_share_one_volume() {
     assert_eq!(root.mode() & 0o7777, 0o755);
     assert_eq!(root.uid(), 0);
 
+    // The mount raised its readahead (after INIT, which would lower it again), so a
+    // sequential reader's requests arrive 1 MiB at a time.
+    let dev = root.dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let readahead = fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}"));
+    assert_eq!(
+        readahead.trim(),
+        berth_fsd::mount::READAHEAD_KB.to_string(),
+        "{knob}"
+    );
+
     // Written on A, read on B.
     fs::write(a.join("hello.txt"), b"hello from a\n").unwrap();
     assert_eq!(fs::read(b.join("hello.txt")).unwrap(), b"hello from a\n");
