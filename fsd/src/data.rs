@@ -289,9 +289,9 @@ impl InodeData {
     }
 
     /// Reads up to `len` bytes at `offset` of a file of `size` bytes.
-    pub async fn read(&mut self, size: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&mut self, size: u64, offset: u64, len: u32) -> FsResult<Bytes> {
         if offset >= size {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let end = size.min(offset + u64::from(len));
         self.prefetch_ahead(size, offset, end).await?;
@@ -315,12 +315,17 @@ impl InodeData {
                     whole.slice(in_chunk.min(whole.len())..(in_chunk + take).min(whole.len()))
                 }
             };
+            if pos == offset && chunk.len() == take && pos + take as u64 == end {
+                // All of it in one chunk (a read that does not cross a chunk
+                // boundary): a slice of the chunk, no copy.
+                return Ok(chunk);
+            }
             out.extend_from_slice(&chunk);
             // Holes and short chunks read as zeros up to the file size.
             out.resize(out.len() + take - chunk.len(), 0);
             pos += take as u64;
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     /// Writes `data` at `offset` into dirty chunks; `size` is the file size before.

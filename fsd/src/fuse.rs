@@ -630,7 +630,7 @@ impl Filesystem for VolumeFs {
             .await
             .map_err(errno)?;
         Ok(ReplyData {
-            data: Bytes::from(reply.value.data),
+            data: reply.value.data,
         })
     }
 
@@ -648,7 +648,7 @@ impl Filesystem for VolumeFs {
             volume: self.volume.clone(),
             ino: inode,
             offset,
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
         };
         let reply = self
             .client

@@ -201,7 +201,7 @@ impl VolumeService {
         self.metrics.add_read(data.len() as u64);
         Ok(Entry {
             attr: Some(attr),
-            data: Some(data),
+            data: Some(data.to_vec()),
             ..Entry::default()
         })
     }

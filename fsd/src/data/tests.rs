@@ -131,8 +131,8 @@ async fn dirty_data_is_readable_before_flush() {
     let mut inode = f.chunks.lock("v", 2).await;
     inode.write(0, 0, b"hello").await.unwrap();
     inode.write(5, 5, b" world").await.unwrap();
-    assert_eq!(inode.read(11, 0, 100).await.unwrap(), b"hello world");
-    assert_eq!(inode.read(11, 6, 3).await.unwrap(), b"wor");
+    assert_eq!(inode.read(11, 0, 100).await.unwrap(), &b"hello world"[..]);
+    assert_eq!(inode.read(11, 6, 3).await.unwrap(), &b"wor"[..]);
 }
 
 #[tokio::test]
@@ -183,7 +183,7 @@ async fn overwrite_uploads_a_new_version_and_collects_the_old_one() {
         before, after,
         "an overwrite never rewrites an object in place"
     );
-    assert_eq!(inode.read(5, 0, 5).await.unwrap(), b"again");
+    assert_eq!(inode.read(5, 0, 5).await.unwrap(), &b"again"[..]);
     drop(inode);
     // Unlinking the file drops its chunks once the journal says so.
     f.meta

@@ -293,10 +293,13 @@ async fn sequential_reads_fetch_each_chunk_once_and_never_stale() {
     inode.write(size, CHUNK_SIZE, b"fresh").await.unwrap();
     inode.flush().await.unwrap();
     let read = inode.read(size, CHUNK_SIZE, 5).await.unwrap();
-    assert_eq!(read, b"fresh");
+    assert_eq!(read, &b"fresh"[..]);
     drop(inode);
     let mut inode = other.lock("v", ino).await;
-    assert_eq!(inode.read(size, CHUNK_SIZE, 5).await.unwrap(), b"fresh");
+    assert_eq!(
+        inode.read(size, CHUNK_SIZE, 5).await.unwrap(),
+        &b"fresh"[..]
+    );
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ impl VolumeService {
             }
             let data = inode.read(attr.size, 0, attr.size as u32).await?;
             self.metrics.add_read(data.len() as u64);
-            sibling.data = Some(data);
+            sibling.data = Some(data.to_vec());
         }
         Ok((out, complete))
     }
