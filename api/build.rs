@@ -14,9 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         // File data as `bytes::Bytes`: decoded as a slice of the receive buffer and
-        // handed to FUSE (reads) or the chunk buffer (writes) without another copy.
+        // handed to FUSE (reads), the chunk buffer (writes) or the mount's cache of small
+        // files (lookups) without another copy.
         .bytes(".berth.volume.v1.ReadResponse.data")
         .bytes(".berth.volume.v1.WriteRequest.data")
+        .bytes(".berth.volume.v1.Entry.data")
+        .bytes(".berth.volume.v1.Sibling.data")
         .compile_fds(fds)?;
     Ok(())
 }

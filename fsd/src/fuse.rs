@@ -324,7 +324,7 @@ impl Filesystem for VolumeFs {
             parent,
             name: name.as_bytes().to_vec(),
             promise: ticket.is_some(),
-            siblings_budget: if list { open::ENTRIES_ONLY } else { 0 },
+            siblings: list,
             ..Default::default()
         };
         let reply = match self

@@ -118,12 +118,17 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(err) = encode(&mut out, &self.registry) {
-            tracing::error!(%err, "encoding metrics failed");
-        }
-        out
+        render(&self.registry)
     }
+}
+
+/// `registry` in the text exposition format.
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(err) = encode(&mut out, registry) {
+        tracing::error!(%err, "encoding metrics failed");
+    }
+    out
 }
 
 /// Labels of the mount's counters of how a request was answered.
@@ -134,6 +139,7 @@ pub struct Answered {
 }
 
 /// Metrics of `berth-fsd mount` (served with `--metrics-listen`).
+#[derive(Debug)]
 pub struct MountMetrics {
     registry: Registry,
     /// Opens, by how their check of names and version was answered.
@@ -144,12 +150,6 @@ pub struct MountMetrics {
     pub breaks: Counter,
     /// Watch streams opened (1 plus reconnections).
     pub streams: Counter,
-}
-
-impl std::fmt::Debug for MountMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountMetrics").finish_non_exhaustive()
-    }
 }
 
 impl Default for MountMetrics {
@@ -211,25 +211,20 @@ fn answered(by_promise: bool) -> Answered {
     }
 }
 
-/// A set of metrics that can be rendered for `GET /metrics`.
+/// A set of metrics served on `GET /metrics`.
 pub trait Exposition: Send + Sync + 'static {
-    /// The text exposition format.
-    fn render(&self) -> String;
+    fn registry(&self) -> &Registry;
 }
 
 impl Exposition for Metrics {
-    fn render(&self) -> String {
-        Metrics::render(self)
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
 impl Exposition for MountMetrics {
-    fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(err) = encode(&mut out, &self.registry) {
-            tracing::error!(%err, "encoding metrics failed");
-        }
-        out
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -239,7 +234,7 @@ async fn metrics_handler<M: Exposition>(State(metrics): State<Arc<M>>) -> impl I
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        render(metrics.registry()),
     )
 }
 
@@ -283,7 +278,7 @@ mod tests {
         m.open(true);
         m.open(true);
         m.lookup(false);
-        let text = Exposition::render(&m);
+        let text = render(m.registry());
         assert!(
             text.contains("berth_fsd_mount_opens_total{by=\"promise\"} 2"),
             "{text}"

@@ -146,13 +146,10 @@ pub async fn mount(
         "volume mounted"
     );
     // The kernel sets the readahead from the INIT reply, lowering it to what it sent
-    // (128 KiB): raise it only once a first request has waited out INIT.
+    // (128 KiB): raise it only once a first request has waited out INIT (blocking:
+    // the session task answers that request on this runtime).
     let root = config.mountpoint.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = std::fs::metadata(&root);
-        raise_readahead(&root);
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || raise_readahead(&root)).await;
     ready();
 
     let _stop_keep_alive = AbortOnDrop(keep_alive);
@@ -182,27 +179,21 @@ pub async fn mount(
 /// to 1 MiB read a cold 256 MiB file at 540 MB/s, 128 KiB at 300, 4 MiB at 470).
 pub const READAHEAD_KB: u32 = 1024;
 
-/// The `major:minor` device of the mount at `mountpoint`, from /proc/self/mountinfo.
-fn mount_device(mountpoint: &Path) -> Option<String> {
-    let want = std::fs::canonicalize(mountpoint).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // Fields: id parent major:minor root mountpoint ...; the last match is the top mount.
-    info.lines().rev().find_map(|line| {
-        let mut fields = line.split(' ');
-        let dev = fields.nth(2)?;
-        let point = fields.nth(1)?.replace("\\040", " ");
-        (Path::new(&point) == want).then(|| dev.to_string())
-    })
-}
-
-/// Sets the readahead of the FUSE mount at `mountpoint` to [`READAHEAD_KB`]. A
-/// failure only costs speed: it is logged.
+/// Sets the readahead of the FUSE mount at `mountpoint` to [`READAHEAD_KB`]. The
+/// stat of the mount's root waits until the kernel has INIT's reply (which sets the
+/// readahead too) and names the mount's device. A failure only costs speed: it is
+/// logged.
 fn raise_readahead(mountpoint: &Path) {
-    let Some(dev) = mount_device(mountpoint) else {
-        tracing::warn!(path = %mountpoint.display(), "mount not found in mountinfo; readahead left at the default");
-        return;
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta.dev(),
+        Err(err) => {
+            tracing::warn!(%err, path = %mountpoint.display(), "stat of the new mount failed; readahead left at the default");
+            return;
+        }
     };
-    let knob = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let knob = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
     if let Err(err) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
         tracing::warn!(%err, knob = %knob.display(), "raising readahead failed; sequential reads will be slower");
     }

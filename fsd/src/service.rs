@@ -46,7 +46,7 @@ use quota::{Quota, QuotaLimits};
 pub const BOOT_METADATA_KEY: &str = "x-berth-fsd-boot";
 /// Request metadata key holding the id of the mount a request comes from.
 pub const MOUNT_METADATA_KEY: &str = "x-berth-mount";
-/// Most entries of a directory an open's lookup lists along (`siblings_budget`).
+/// Most entries of a directory an open's lookup lists along (`siblings`).
 const MAX_SIBLINGS: u32 = 4096;
 /// Largest `siblings_budget` honoured, in bytes of file contents.
 const MAX_SIBLINGS_BUDGET: u32 = 8 << 20;
@@ -201,7 +201,7 @@ impl VolumeService {
         self.metrics.add_read(data.len() as u64);
         Ok(Entry {
             attr: Some(attr),
-            data: Some(data.to_vec()),
+            data: Some(data),
             ..Entry::default()
         })
     }

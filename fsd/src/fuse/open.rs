@@ -14,12 +14,9 @@ use fuse3::Result as FuseResult;
 
 use super::{attr_of, errno, Handle, VolumeFs, READ_SMALL};
 
-/// Bytes of sibling files an open's lookup may bring along.
+/// Bytes of sibling files an open's lookup may bring along (a path lookup brings
+/// entries only: a `stat` or `unlink` storm should not pull file contents along).
 const SIBLINGS_BUDGET: u32 = 4 << 20;
-/// `siblings_budget` of a path lookup: the directory's entries and attributes,
-/// without contents (only files of at most one byte would carry any): a `stat` or
-/// `unlink` storm should not pull file contents along.
-pub(super) const ENTRIES_ONLY: u32 = 1;
 
 impl VolumeFs {
     /// The attributes of file `ino` fresh from the server, for an open: asks the
@@ -59,6 +56,7 @@ impl VolumeFs {
                 cached_ctime_ns: held.1,
                 cached_size: held.2,
                 promise: ticket.is_some(),
+                siblings: list,
                 siblings_budget: if list { SIBLINGS_BUDGET } else { 0 },
                 for_open: true,
             };
@@ -78,7 +76,7 @@ impl VolumeFs {
                             .accept(ticket, parent, &name, &reply.value, list);
                     }
                     fresh = Some(attr);
-                    contents = reply.value.data.map(Bytes::from);
+                    contents = reply.value.data;
                 }
                 Err(e) if e == libc::ENOENT || e == libc::ENOTDIR => {
                     self.names.found_stale(parent, &name);

@@ -59,8 +59,14 @@ struct State {
     floor: u64,
     /// When each directory last had its entries sent along, and when with the
     /// contents of its small files.
-    listed: HashMap<u64, Instant>,
-    listed_data: HashMap<u64, Instant>,
+    listed: HashMap<u64, Listed>,
+}
+
+/// When a directory's entries came along with a lookup.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    entries: Instant,
+    data: Option<Instant>,
 }
 
 impl State {
@@ -137,15 +143,15 @@ impl Promised {
     /// came lately, nor (for entries alone) when its whole listing is promised.
     pub fn wants_listing(&self, dir: u64, with_data: bool) -> bool {
         let st = self.state();
-        let lately = |m: &HashMap<u64, Instant>| {
-            m.get(&dir)
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
-        };
-        if with_data {
-            !lately(&st.listed_data)
+        let listed = st.listed.get(&dir);
+        let at = if with_data {
+            listed.and_then(|l| l.data)
+        } else if st.dirs.get(&dir).is_some_and(|(complete, _)| *complete) {
+            return false;
         } else {
-            !st.dirs.get(&dir).is_some_and(|(complete, _)| *complete) && !lately(&st.listed)
-        }
+            listed.map(|l| l.entries)
+        };
+        at.is_none_or(|at| at.elapsed() >= Duration::from_secs(5))
     }
 
     /// Takes in a promised lookup reply for `name` in `parent` made with ticket `t`
@@ -162,12 +168,12 @@ impl Promised {
         if !entry.siblings.is_empty() || entry.listing_complete {
             if st.listed.len() >= MAX_PROMISED {
                 st.listed.clear();
-                st.listed_data.clear();
             }
-            st.listed.insert(parent, Instant::now());
-            if with_data {
-                st.listed_data.insert(parent, Instant::now());
-            }
+            let now = Instant::now();
+            let data = with_data
+                .then_some(now)
+                .or_else(|| st.listed.get(&parent).and_then(|l| l.data));
+            st.listed.insert(parent, Listed { entries: now, data });
         }
         let (complete, mut names) = if entry.listing_complete {
             (true, HashMap::new())
@@ -186,7 +192,7 @@ impl Promised {
             if let (Some(attr), true) = (s.attr.as_ref(), st.fresh(t, s.ino)) {
                 st.keep_attr(attr);
                 if let Some(data) = &s.data {
-                    st.keep_contents(s.ino, Bytes::copy_from_slice(data));
+                    st.keep_contents(s.ino, data.clone());
                 }
             }
         }
@@ -442,7 +448,7 @@ mod tests {
             name: b"b".to_vec(),
             ino: 11,
             attr: Some(attr(11)),
-            data: Some(b"abc".to_vec()),
+            data: Some(Bytes::from_static(b"abc")),
         };
         p.accept(t, 1, b"a", &entry(10, vec![sib]), true);
         assert_eq!(p.lookup(1, b"b").unwrap().unwrap().ino, 11);

@@ -21,7 +21,8 @@ use crate::names::validate_name;
 impl VolumeService {
     /// A lookup; with `promise` from a mount with a live watch stream, promises on
     /// the parent directory and the inode are registered before their state is read,
-    /// and with `siblings_budget` the directory's other small files come along.
+    /// and with `siblings` the directory's other entries (and with `siblings_budget`
+    /// its small files) come along.
     pub(super) async fn lookup_op(
         &self,
         r: &LookupRequest,
@@ -42,7 +43,7 @@ impl VolumeService {
         let attr = self.meta.get_attr(&r.volume, attr.ino).await?;
         let mut entry = self.with_small_contents(r, attr).await?;
         entry.promised = true;
-        if r.siblings_budget > 0 {
+        if r.siblings {
             let (siblings, complete) = self.siblings(r, mount).await?;
             entry.siblings = siblings;
             entry.listing_complete = complete;
@@ -94,7 +95,7 @@ impl VolumeService {
                 continue;
             };
             sibling.attr = Some(*attr);
-            if attr.kind == FileKind::File as i32 && attr.size <= small.min(budget) {
+            if budget > 0 && attr.kind == FileKind::File as i32 && attr.size <= small.min(budget) {
                 budget -= attr.size;
                 wanted.push(i);
             }
@@ -115,7 +116,7 @@ impl VolumeService {
             }
             let data = inode.read(attr.size, 0, attr.size as u32).await?;
             self.metrics.add_read(data.len() as u64);
-            sibling.data = Some(data.to_vec());
+            sibling.data = Some(data);
         }
         Ok((out, complete))
     }
