@@ -475,7 +475,7 @@ impl InodeData {
             return Ok(Bytes::new());
         };
         let path = chunk_path(&self.volume, self.ino, index, &version);
-        let Some(bytes) = self.objects.get(&path).await? else {
+        let Some(bytes) = self.objects.get_chunk(&path, &version).await? else {
             // Deleted with its inode while this operation ran, or lost from the store.
             self.meta.get_attr(&self.volume, self.ino).await?;
             return Err(FsError::Corrupt(format!(

@@ -337,11 +337,7 @@ mod tests {
     use object_store::memory::InMemory;
 
     fn objects() -> Objects {
-        Objects {
-            store: Arc::new(InMemory::new()),
-            conditional_put: true,
-            retry_window: Duration::ZERO,
-        }
+        Objects::new(Arc::new(InMemory::new()), true, Duration::ZERO)
     }
 
     /// Writes the lease object behind the server's back.

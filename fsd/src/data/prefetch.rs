@@ -85,7 +85,7 @@ impl InodeData {
                         .acquire_owned()
                         .await
                         .expect("the prefetch semaphore is never closed");
-                    objects.get(&path).await
+                    objects.get_chunk(&path, &version).await
                 }
                 .instrument(span),
             );

@@ -163,6 +163,63 @@ async fn dirty_total_tracks_all_inodes_and_caps_memory() {
 }
 
 #[tokio::test]
+async fn a_chunk_changed_in_the_store_is_an_error_never_wrong_bytes() {
+    let f = fixture().await;
+    let ino = f.file("rot").await;
+    let data = pattern((3 * CHUNK_SIZE) as usize, 3);
+    {
+        let mut inode = f.chunks.lock("v", ino).await;
+        inode.write(0, 0, &data).await.unwrap();
+        inode.flush().await.unwrap();
+    }
+    let names = f.chunk_objects(ino).await;
+    assert_eq!(names.len(), 3, "{names:?}");
+    for name in &names {
+        let (_, crc) = name.rsplit_once('-').expect("a version carries its CRC-32");
+        assert_eq!(crc.len(), 8, "{name}");
+    }
+    // One bit of chunk 1 flips on the store's disk (same length, same name).
+    let chunk1 = names.iter().find(|n| n.starts_with("1.")).unwrap();
+    let file = f
+        .dir
+        .path()
+        .join(format!("store/volumes/v/chunks/{ino}/{chunk1}"));
+    let mut raw = std::fs::read(&file).unwrap();
+    raw[12345] ^= 0x10;
+    std::fs::write(&file, &raw).unwrap();
+
+    // A cold server reads chunk 0 fine and refuses chunk 1, whether it is read
+    // directly or was fetched ahead by the sequential reader's prefetch.
+    let size = data.len() as u64;
+    for sequential in [false, true] {
+        let cold = ChunkStore::new(f.objects.clone(), f.meta.clone(), None);
+        let mut inode = cold.lock("v", ino).await;
+        let mut offset = if sequential { 0 } else { CHUNK_SIZE };
+        let err = loop {
+            match inode.read(size, offset, 1 << 20).await {
+                Ok(got) => {
+                    let at = offset as usize;
+                    assert_eq!(&got[..], &data[at..at + got.len()], "at {offset}");
+                    assert!(offset < CHUNK_SIZE, "read corrupt chunk bytes at {offset}");
+                    offset += got.len() as u64;
+                }
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(offset, CHUNK_SIZE, "fails at the damaged chunk");
+        assert!(matches!(err, FsError::Corrupt(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("CRC-32") && message.contains(chunk1.as_str()),
+            "{message}"
+        );
+        // The chunk after it is fine.
+        let got = inode.read(size, 2 * CHUNK_SIZE, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[(2 * CHUNK_SIZE) as usize..][..4096]);
+    }
+}
+
+#[tokio::test]
 async fn overwrite_uploads_a_new_version_and_collects_the_old_one() {
     let f = fixture().await;
     let ino = f.file("o").await;

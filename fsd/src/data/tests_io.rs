@@ -132,6 +132,7 @@ async fn fixture() -> Fixture {
     });
     let objects = Objects {
         store: store.clone(),
+        chunks: store.clone(),
         ..real
     };
     let state = dir.path().join("state");

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::objects::{chunk_path, new_version};
+use super::objects::{chunk_path, chunk_version};
 use super::InodeData;
 use crate::error::{FsError, FsResult};
 
@@ -92,7 +92,7 @@ impl InodeData {
             return Ok(());
         };
         let bytes = Bytes::from(buf);
-        let version = new_version();
+        let version = chunk_version(&bytes);
         let path = chunk_path(&self.volume, self.ino, index, &version);
         let objects = self.objects.clone();
         let body = bytes.clone();
@@ -100,7 +100,7 @@ impl InodeData {
         let task = tokio::spawn(
             async move {
                 let _permit = permit;
-                objects.put(&path, body).await.map(|_| ())
+                objects.put_chunk(&path, body).await
             }
             .instrument(span),
         );
